@@ -1,0 +1,76 @@
+"""A small byte-level BPE tokenizer trained locally, for tests, the demo and from-scratch students.
+
+No hub access is needed: the tokenizer is trained on the texts given and carries a ChatML chat
+template with ``{% generation %}`` markers, so assistant-only labels work out of the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, IM_START, IM_END, IMAGE_TOKEN]
+
+# ChatML, as Qwen2 uses it. Image blocks become the "<image>" placeholder that the composed
+# processor expands to the model's number of image tokens. The generation markers let
+# ``apply_chat_template(..., return_assistant_tokens_mask=True)`` find assistant tokens.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for block in message['content'] %}"
+    "{% if block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for block in message['content'] %}"
+    "{% if block['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
+
+    Deterministic for the same texts and settings. The result has pad/eos/bos tokens, the
+    ``<image>`` placeholder as a special token, and the ChatML template above; it saves and loads
+    with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any HF tokenizer.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS_TOKEN,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[IM_START, IMAGE_TOKEN],
+        model_max_length=4096,
+        padding_side="right",
+    )
+    hf.chat_template = CHATML_TEMPLATE
+    return hf
