@@ -1,0 +1,266 @@
+"""Typed run configuration. Each field's docstring is its only help text; checks name the field.
+
+Load with ``taid_vlm.config_io.load_config(path, overrides)``; YAML sections map 1:1 to the
+dataclasses below (``student``, ``teacher``, ``data``, ``loss``, ``taid``, ``train``, ``eval``,
+``logging``). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+LOSS_NAMES = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "auto"
+    """Adapter family by registry name (text, composed, llava, qwen2_vl, ...); auto reads config.json."""
+    path: str | None = None
+    """Pretrained model directory (or hub id when online). Either this or `config`."""
+    config: dict[str, Any] | None = None
+    """Architecture dict to build the model with random weights (see taid_vlm.models.factory)."""
+    tokenizer: str | None = None
+    """Tokenizer directory; defaults to `path`."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Allow model code from the checkpoint directory. Off unless you trust it."""
+    chat_template: str | None = None
+    """Jinja chat template overriding the tokenizer/processor's own."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (eager, sdpa, flash_attention_2)."""
+
+    def check(self, name: str, required: bool = True) -> None:
+        _check(self.dtype in DTYPES, f"{name}.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        if required:
+            _check(bool(self.path) or self.config is not None, f"{name}.path",
+                   "set `path` to a model directory or `config` to build one from scratch")
+        _check(not (self.family == "auto" and not self.path and self.config is not None),
+               f"{name}.family", "family 'auto' needs `path`; set the family when building from `config`")
+
+    def adapter_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``taid_vlm.adapters.build_adapter``."""
+        return {
+            "family": self.family, "path": self.path, "config": self.config, "tokenizer": self.tokenizer,
+            "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
+            "chat_template": self.chat_template, "attn_implementation": self.attn_implementation,
+        }
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    train_vision: bool = True
+    """Train the vision encoder (composed/VLM students)."""
+    train_projector: bool = True
+    """Train the projector between vision encoder and LM."""
+    train_lm: bool = True
+    """Train the language model."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    cache: str | None = None
+    """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training data file (LLaVA JSON, messages JSON/JSONL, VQA/caption records, parquet) or directory."""
+    val: str | None = None
+    """Validation data for the loss hook; same formats as `train`."""
+    format: str = "auto"
+    """Record format: auto, llava, messages, vqa, caption, hf."""
+    image_root: str | None = None
+    """Folder image paths are relative to; defaults to the data file's folder."""
+    max_length: int = 512
+    """Token budget per sample per side; a sample whose first response would be cut is skipped."""
+    strict: bool = False
+    """Turn skipped records (bad image, empty answer, ...) into errors."""
+    num_workers: int = 0
+    """DataLoader worker processes for encoding."""
+
+    def check(self) -> None:
+        _check(bool(self.train), "data.train", "set the training data file")
+        _check(self.max_length >= 8, "data.max_length", f"must be >= 8, got {self.max_length}")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    name: str = "taid"
+    """Loss by registry name: sft, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd, dkd, taid."""
+    distil_ratio: float = 1.0
+    """Total = (1 - distil_ratio) * lm_loss + distil_ratio * distil_loss (ignored for sft)."""
+    temperature: float = 1.0
+    """Softmax temperature for the divergences that take one."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra loss arguments, e.g. {beta: 0.5} for gjsd, {alpha: 0.1} for skew_fkl."""
+    fused: bool = True
+    """Chunked LM-head + loss path that never holds [N, V] logits for all response tokens."""
+    chunk_size: int = 1024
+    """Rows per chunk in the fused path."""
+
+    def check(self) -> None:
+        _check(self.name in LOSS_NAMES, "loss.name", f"unknown loss {self.name!r}; valid: {', '.join(LOSS_NAMES)}")
+        _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
+        _check(self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.chunk_size >= 1, "loss.chunk_size", "must be >= 1")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name != "sft"
+
+
+@dataclass
+class TAIDConfig:
+    t_start: float = 0.4
+    """Initial interpolation parameter t (0 = student, 1 = teacher)."""
+    t_end: float = 1.0
+    """Final t."""
+    alpha: float = 5e-4
+    """Step size of the adaptive update."""
+    beta: float = 0.99
+    """Momentum of the relative-loss-change signal."""
+    adaptive: bool = True
+    """Adaptive update of Algorithm 1; False gives the linear schedule only."""
+    signal: str = "cross_entropy"
+    """Schedule signal: cross_entropy (official code: H(p_t, q)) or kl."""
+
+    def check(self) -> None:
+        _check(0.0 <= self.t_start < self.t_end <= 1.0, "taid.t_start",
+               f"need 0 <= t_start < t_end <= 1, got t_start={self.t_start}, t_end={self.t_end}")
+        _check(0.0 <= self.alpha <= 1.0, "taid.alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(0.0 <= self.beta < 1.0, "taid.beta", f"must be in [0, 1), got {self.beta}")
+        _check(self.signal in ("cross_entropy", "kl"), "taid.signal", "must be cross_entropy or kl")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    """Where checkpoints, logs and the final student go."""
+    seed: int = 0
+    """Seed for weights init, data order and dropout."""
+    max_steps: int = 0
+    """Optimizer steps; 0 means `epochs` passes over the data."""
+    epochs: float = 1.0
+    """Passes over the training data when max_steps is 0."""
+    batch_size: int = 8
+    """Samples per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-4
+    """Peak learning rate (parts without their own)."""
+    lr_vision: float | None = None
+    """Learning rate of the vision encoder; defaults to `lr`."""
+    lr_projector: float | None = None
+    """Learning rate of the projector; defaults to `lr`."""
+    lr_lm: float | None = None
+    """Learning rate of the language model; defaults to `lr`."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    scheduler: str = "cosine"
+    """LR schedule after warm-up: cosine, linear or constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables."""
+    mixed_precision: str = "no"
+    """no, bf16 or fp16 autocast (where the device supports it)."""
+    cpu: bool = False
+    """Force the CPU even when a GPU is present."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted."""
+    max_nonfinite: int = 5
+    """Stop after this many consecutive steps with a non-finite loss (each one is skipped)."""
+    overwrite: bool = False
+    """Allow output_dir to hold another run's files."""
+
+    def check(self) -> None:
+        for name in ("batch_size", "grad_accum", "keep_last", "max_nonfinite"):
+            _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _check(self.max_steps > 0 or self.epochs > 0, "train.epochs", "set max_steps or epochs > 0")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.scheduler in ("cosine", "linear", "constant"), "train.scheduler",
+               f"must be cosine, linear or constant, got {self.scheduler!r}")
+        _check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
+               f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.warmup_steps >= 0 and self.save_every >= 0, "train.warmup_steps", "must be >= 0")
+        _check(bool(self.output_dir), "train.output_dir", "must be set")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Run the evaluation hook every N optimizer steps (0: only at the end, if data is set)."""
+    max_batches: int = 0
+    """Validation-loss batches per evaluation (0: all)."""
+    vqa: str | None = None
+    """VQA records file for generation metrics during training."""
+    caption: str | None = None
+    """Caption records file for generation metrics during training."""
+    max_samples: int = 64
+    """Samples per generation evaluation."""
+    max_new_tokens: int = 16
+    """Generation length for the metrics."""
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1
+    """Log every N optimizer steps."""
+    tensorboard: bool = True
+    """Write TensorBoard events through accelerate's tracker."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class Config:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    """The model being trained."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The frozen teacher (unused for sft)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training and validation data."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Which loss and how it is combined with the LM loss."""
+    taid: TAIDConfig = field(default_factory=TAIDConfig)
+    """TAID schedule (used when loss.name is taid)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, checkpoints and devices."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Periodic evaluation."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Where and how often to log."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Validate every section; raises ConfigError naming the first bad field."""
+        self.student.check("student")
+        if self.loss.needs_teacher:
+            if not self.teacher.cache:
+                self.teacher.check("teacher")
+        self.data.check()
+        self.loss.check()
+        self.taid.check()
+        self.train.check()
