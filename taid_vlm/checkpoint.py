@@ -1,0 +1,167 @@
+"""Atomic checkpoints that resume a run exactly.
+
+A checkpoint is a folder ``checkpoint-<step>`` holding the student weights (safetensors), the
+optimizer/scheduler/loss state and per-rank RNG states (``torch.save`` of tensors and plain data
+only, loaded with ``weights_only=True``), the TAID schedule, the data position and the resolved
+config. It is written to a temporary folder and renamed, so a kill during a write leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first (temp folders are ignored)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "state.json").is_file()]
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """``None`` -> no resume; ``"auto"`` -> latest checkpoint or None; else the given folder."""
+    if not resume:
+        return None
+    if resume == "auto":
+        ckpts = list_checkpoints(output_dir)
+        return ckpts[-1] if ckpts else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: not a complete checkpoint (no state.json)")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain data."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``rng_state``."""
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # Tied weights share storage; safetensors refuses shared tensors, so each is saved as a copy.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra_modules: dict[str, nn.Module],
+    state: dict[str, Any],
+    config_yaml: str,
+    is_main: bool,
+    rank: int,
+    keep_last: int,
+    barrier: Any = None,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically; keep the newest ``keep_last``. Returns its path.
+
+    ``state`` is JSON data (step, data position, TAID schedule, counters). Every rank writes its
+    RNG state; the main process writes everything else and does the rename.
+    """
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    if is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    if barrier:
+        barrier()
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    if is_main:
+        save_file(_model_state(model), str(tmp / "model.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "modules": {k: m.state_dict() for k, m in extra_modules.items()},
+            },
+            tmp / "trainer_state.pt",
+        )
+        (tmp / "config.yaml").write_text(config_yaml)
+    if barrier:
+        barrier()
+    if is_main:
+        # state.json last: its presence marks a complete checkpoint.
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    if barrier:
+        barrier()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra_modules: dict[str, nn.Module],
+    rank: int,
+) -> dict[str, Any]:
+    """Restore everything ``save_checkpoint`` wrote; returns the JSON ``state``."""
+    path = Path(path)
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if k not in weights]:
+        bad = list(unexpected)[:3] + list(missing)[:3]
+        raise RuntimeError(f"checkpoint {path} does not match the student model: {bad}")
+    trainer_state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    for k, m in extra_modules.items():
+        m.load_state_dict(trainer_state["modules"][k])
+    rng_file = path / f"rng_rank{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((path / "state.json").read_text())
