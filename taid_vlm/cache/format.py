@@ -1,0 +1,101 @@
+"""On-disk format of the teacher top-k cache, and its fingerprint.
+
+``DIR/index.json`` lists the shards and holds the fingerprint; each ``shard-XXXXX.safetensors``
+covers a fixed chunk of the data set and holds, for every response token of its samples:
+
+- ``topk_ids``      int32   ``[T, k]``  the teacher's k most likely next tokens;
+- ``topk_logprobs`` float16 ``[T, k]``  (or float32) their log-probabilities;
+- ``rest_mass``     float32 ``[T]``     the probability mass of all other tokens;
+- ``targets``       int32   ``[T]``     the response token itself (for the alignment check);
+- ``offsets``       int64   ``[S+1]``   row range of each sample; sample ids in the metadata.
+
+At k=64 with float16 log-probs that is 64*4 + 64*2 + 4 + 4 = 392 bytes per response token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX = "index.json"
+FORMAT_VERSION = 1
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def hash_path(path: str | Path) -> str:
+    """Content hash of a data file, or of every file (name, size, bytes) under a folder."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """Hash of the full tokenizer definition (vocab, merges, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return _sha(text.encode())
+
+
+def fingerprint(*, data: str, tokenizer: Any, template: str | None, max_length: int,
+                teacher: str = "") -> dict[str, str]:
+    """What a cache depends on. Training compares every field but ``teacher`` (not loaded then)."""
+    return {
+        "data": hash_path(data),
+        "tokenizer": tokenizer_hash(tokenizer),
+        "chat_template": _sha((template or "").encode()),
+        "max_length": str(max_length),
+        "teacher": teacher,
+    }
+
+
+def compare_fingerprints(stored: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Fields (except ``teacher``) whose values differ."""
+    return [k for k in stored if k != "teacher" and k in current and stored[k] != current[k]]
+
+
+def write_shard(path: Path, ids: list[str], rows: dict[str, torch.Tensor]) -> None:
+    """Write one shard atomically (temp file, then rename)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file({k: v.contiguous() for k, v in rows.items()}, str(tmp), metadata={"ids": json.dumps(ids)})
+    os.replace(tmp, path)
+
+
+def read_shard(path: Path) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Sample ids and tensors of one shard."""
+    with safe_open(str(path), framework="pt") as f:
+        ids = json.loads(f.metadata()["ids"])
+        rows = {k: f.get_tensor(k) for k in f.keys()}
+    return ids, rows
+
+
+def write_index(cache_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = cache_dir / f".tmp-{INDEX}"
+    tmp.write_text(json.dumps({"version": FORMAT_VERSION, **meta}, indent=2))
+    os.replace(tmp, cache_dir / INDEX)
+
+
+def read_index(cache_dir: str | Path) -> dict[str, Any]:
+    path = Path(cache_dir) / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher.cache: {str(cache_dir)!r} has no {INDEX}; run `taid-vlm cache-teacher` "
+                                "to completion first")
+    index = json.loads(path.read_text())
+    if index.get("version") != FORMAT_VERSION:
+        raise ValueError(f"teacher.cache: format version {index.get('version')} is not {FORMAT_VERSION}")
+    return index

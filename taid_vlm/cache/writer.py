@@ -1,0 +1,121 @@
+"""``taid-vlm cache-teacher``: run the teacher once over the data and keep its top-k distribution.
+
+Batched, resumable (a shard that exists is not recomputed) and multi-process under
+``accelerate launch`` (rank r writes shards r, r + world, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from taid_vlm.cache.format import fingerprint, read_index, write_index, write_shard
+
+
+def topk_rows(logits: torch.Tensor, k: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Top-k ids and log-probs plus the remaining mass of ``logits [N, V]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    k = min(k, logp.shape[-1])
+    vals, ids = logp.topk(k, dim=-1)
+    rest = (1.0 - vals.exp().sum(-1)).clamp_min(0.0)
+    return {"topk_ids": ids.to(torch.int32), "topk_logprobs": vals.to(dtype), "rest_mass": rest}
+
+
+def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: int,
+                dtype: torch.dtype, chunk: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+    ids: list[str] = []
+    parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "rest_mass": [], "targets": []}
+    counts: list[int] = []
+    for i in range(0, len(samples), batch_size):
+        batch = collate(samples[i : i + batch_size])
+        if batch is None or batch.get("student") is None:
+            continue
+        with torch.no_grad():
+            rh = teacher.response_hidden(batch["student"])
+        for start in range(0, rh.hidden.shape[0], chunk):  # bounded [chunk, V] logits at a time
+            sl = slice(start, start + chunk)
+            part = type(rh)(rh.hidden[sl], rh.weight, rh.targets[sl], rh.sample_index[sl], rh.bias,
+                            rh.logit_softcap, rh.logit_scale)
+            for key, v in topk_rows(part.logits(), k, dtype).items():
+                parts[key].append(v.cpu())
+        parts["targets"].append(rh.targets.to(torch.int32).cpu())
+        counts += torch.bincount(rh.sample_index.cpu(), minlength=len(batch["ids"])).tolist()
+        ids += list(batch["ids"])
+    rows = {key: torch.cat(v) if v else torch.zeros(0) for key, v in parts.items()}
+    rows["offsets"] = torch.tensor([0, *torch.tensor(counts, dtype=torch.int64).cumsum(0).tolist()])
+    return ids, rows
+
+
+def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: int = 256,
+                  dtype: str = "float16", batch_size: int | None = None) -> Path:
+    """Write the cache of ``cfg.teacher`` over ``cfg.data.train`` into ``output``; returns it."""
+    from accelerate import Accelerator
+
+    from taid_vlm.adapters import build_adapter
+    from taid_vlm.data.collate import PairCollator
+    from taid_vlm.data.readers import DataReport, load_samples
+
+    acc = Accelerator(cpu=cfg.train.cpu)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = build_adapter(**cfg.teacher.adapter_kwargs())
+    teacher.model.to(acc.device).eval().requires_grad_(False)
+    report = DataReport()
+    samples = load_samples(cfg.data.train, format=cfg.data.format, image_root=cfg.data.image_root,
+                           strict=cfg.data.strict, report=report)
+    collate = PairCollator(teacher, None, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict)
+    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    n_shards = (len(samples) + shard_size - 1) // shard_size
+    mine = range(acc.process_index, n_shards, acc.num_processes)
+    for s in tqdm(mine, desc="cache-teacher", disable=not acc.is_main_process):
+        path = out / f"shard-{s:05d}.safetensors"
+        if path.is_file():
+            continue  # resumed run: this shard is done
+        chunk = samples[s * shard_size : (s + 1) * shard_size]
+        ids, rows = _shard_rows(teacher, collate, chunk, batch_size or cfg.train.batch_size, top_k, torch_dtype,
+                                cfg.loss.chunk_size)
+        write_shard(path, ids, rows)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        template = cfg.teacher.chat_template or getattr(teacher.tokenizer, "chat_template", None)
+        fp = fingerprint(data=cfg.data.train, tokenizer=teacher.tokenizer, template=template,
+                         max_length=cfg.data.max_length, teacher=str(cfg.teacher.path or cfg.teacher.config))
+        write_index(out, {"fingerprint": fp, "top_k": top_k, "vocab_size": teacher.vocab_size, "dtype": dtype,
+                          "shards": [f"shard-{s:05d}.safetensors" for s in range(n_shards)],
+                          "data_report": report.to_dict() if hasattr(report, "to_dict") else {}})
+        read_index(out)
+    acc.wait_for_everyone()
+    return out
+
+
+def cache_main(argv: list[str]) -> int:
+    """``taid-vlm cache-teacher CONFIG.yaml --output DIR [--top-k K] [key.sub=value ...]``."""
+    parser = argparse.ArgumentParser(prog="taid-vlm cache-teacher", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the resume unit)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="storage of the log-probs; float32 makes cache training match live exactly")
+    args = parser.parse_args(argv)
+    from taid_vlm.config import ConfigError
+    from taid_vlm.config_io import load_config
+
+    try:
+        cfg = load_config(args.config, [*args.overrides, "teacher.cache=null"])
+        if args.top_k < 1:
+            raise ConfigError("--top-k: must be >= 1")
+        if not cfg.teacher.path and cfg.teacher.config is None:
+            raise ConfigError("teacher.path: cache-teacher needs the teacher model (path or config)")
+    except ConfigError as err:
+        print(f"taid-vlm cache-teacher: config error: {err}", file=sys.stderr)
+        return 2
+    out = cache_teacher(cfg, args.output, top_k=args.top_k, shard_size=args.shard_size, dtype=args.dtype)
+    print(f"taid-vlm cache-teacher: wrote {out}")
+    return 0
