@@ -223,6 +223,42 @@ class EvalConfig:
 
 
 @dataclass
+class SamplingConfig:
+    mode: str = "none"
+    """Student-generated responses: none, mixed (GKD) or adaptive (DistiLLM replay buffer)."""
+    lam: float = 0.5
+    """mixed: probability per micro-batch of training on the student's own generations."""
+    temperature: float = 1.0
+    """Sampling temperature of the generations (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the generations."""
+    max_new_tokens: int = 64
+    """Length limit of a generated response."""
+    buffer_size: int = 1000
+    """adaptive: generations kept in the replay buffer."""
+    p_init: float = 0.0
+    """adaptive: initial probability of a micro-batch from the replay buffer."""
+    p_step: float = 0.1
+    """adaptive: increase of that probability when the validation loss stops improving."""
+    p_max: float = 1.0
+    """adaptive: its ceiling."""
+    threshold: float = 0.0
+    """adaptive: relative improvement of the validation loss below which it counts as not improving."""
+
+    def check(self, cfg: Config) -> None:
+        _check(self.mode in ("none", "mixed", "adaptive"), "sampling.mode",
+               f"must be none, mixed or adaptive, got {self.mode!r}")
+        for name in ("lam", "top_p", "p_init", "p_step", "p_max"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"sampling.{name}", f"must be in [0, 1], got {v}")
+        _check(self.temperature >= 0, "sampling.temperature", "must be >= 0")
+        _check(self.max_new_tokens >= 1 and self.buffer_size >= 1, "sampling.max_new_tokens", "must be >= 1")
+        if self.mode == "adaptive":
+            _check(bool(cfg.data.val) and cfg.eval.every > 0, "sampling.mode",
+                   "adaptive needs validation: set data.val and eval.every > 0")
+
+
+@dataclass
 class LoggingConfig:
     every: int = 1
     """Log every N optimizer steps."""
@@ -250,6 +286,8 @@ class Config:
     """Periodic evaluation."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Where and how often to log."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Training on student-generated responses (GKD / DistiLLM)."""
 
     def __post_init__(self) -> None:
         self.check()
@@ -264,3 +302,4 @@ class Config:
         self.loss.check()
         self.taid.check()
         self.train.check()
+        self.sampling.check(self)

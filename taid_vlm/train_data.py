@@ -58,10 +58,17 @@ class _MicroBatches(IterableDataset):
             yield [self.samples[i] for i in self.plan.indices(m)]
 
 
+def _as_is(samples: list) -> list:
+    return samples
+
+
 def micro_batch_loader(
-    plan: MicroBatchPlan, samples: list, start: int, stop: int, collate: Callable[[list], Any], num_workers: int
+    plan: MicroBatchPlan, samples: list, start: int, stop: int, collate: Callable[[list], Any] | None,
+    num_workers: int,
 ) -> DataLoader:
-    """Iterate collated micro-batches ``start .. stop-1`` in order (encoding may use workers)."""
+    """Iterate micro-batches ``start .. stop-1`` in order, collated (encoding may use a worker) or,
+    with ``collate=None``, as lists of samples (when the student's generations replace responses)."""
     ds = _MicroBatches(plan, samples, start, stop)
+    collate = collate or _as_is
     # One worker keeps the order trivially; more workers would interleave an IterableDataset.
     return DataLoader(ds, batch_size=None, collate_fn=collate, num_workers=min(num_workers, 1))

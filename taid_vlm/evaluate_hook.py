@@ -1,0 +1,68 @@
+"""The trainer's periodic evaluation: validation loss, and generation metrics when configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from taid_vlm.distill import check_alignment, compute_losses, teacher_response
+
+
+def validation_loss(trainer: Any) -> dict[str, float]:
+    """Token-weighted validation losses over ``data.val`` (sharded over ranks, then reduced)."""
+    p, acc, cfg = trainer.parts, trainer.acc, trainer.cfg
+    if not p.val_samples:
+        return {}
+    bs, world, rank = cfg.train.batch_size, acc.num_processes, acc.process_index
+    batches = [p.val_samples[i : i + bs] for i in range(0, len(p.val_samples), bs)]
+    if cfg.eval.max_batches:
+        batches = batches[: cfg.eval.max_batches]
+    sums = torch.zeros(4, device=acc.device)  # loss, distil, lm, tokens
+    with torch.no_grad(), acc.autocast():
+        for b in batches[rank::world]:
+            batch = p.collate(b)
+            if batch is None or batch.get("student") is None:
+                continue
+            s = p.student_module(batch["student"])
+            t = teacher_response(p.teacher, batch["teacher"]) if p.teacher is not None else None
+            if t is not None:
+                check_alignment(s, t, batch["ids"])
+            out = compute_losses(s, t, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False)
+            sums += torch.stack([out["loss"].float(), out["distil_loss"].float(), out["lm_loss"].float(),
+                                 torch.tensor(float(batch["num_tokens"]), device=acc.device)])
+    sums = acc.reduce(sums, reduction="sum")
+    n = max(float(sums[3]), 1.0)
+    return {"val_loss": float(sums[0]) / n, "val_distil_loss": float(sums[1]) / n, "val_lm_loss": float(sums[2]) / n}
+
+
+def generation_metrics(trainer: Any) -> dict[str, float]:
+    """VQA/caption scores on the main process (others wait), as ``eval_<task>_<metric>``."""
+    cfg, acc = trainer.cfg, trainer.acc
+    results: dict[str, float] = {}
+    if acc.is_main_process and (cfg.eval.vqa or cfg.eval.caption):
+        from taid_vlm.evaluation import evaluate_file
+
+        for task, path in (("vqa", cfg.eval.vqa), ("caption", cfg.eval.caption)):
+            if path:
+                scores = evaluate_file(trainer.parts.student, path, task=task, limit=cfg.eval.max_samples,
+                                       max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.train.batch_size)
+                results.update({f"eval_{task}_{k}": float(v) for k, v in scores.items()})
+    acc.wait_for_everyone()
+    return results
+
+
+def run_eval_hook(trainer: Any) -> dict[str, float]:
+    """Both evaluations with the student in eval mode; the training RNG stream is left untouched."""
+    module = trainer.parts.student_module
+    rng = torch.get_rng_state()
+    module.eval()
+    try:
+        out = {**validation_loss(trainer), **generation_metrics(trainer)}
+        sampler = trainer.parts.sampler
+        if sampler is not None and sampler.cfg.mode == "adaptive" and "val_loss" in out:
+            out["sampling_p_use"] = sampler.on_validation(out["val_loss"])
+    finally:
+        module.train()
+        torch.set_rng_state(rng)
+    return out

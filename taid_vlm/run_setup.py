@@ -1,0 +1,197 @@
+"""Everything a run needs, built in the order that fails fastest: config and paths, tokenizers,
+then weights, then data, then the optimizer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from taid_vlm.adapters import Adapter, build_adapter
+from taid_vlm.checkpoint import list_checkpoints, resolve_resume
+from taid_vlm.config import Config, ConfigError
+from taid_vlm.config_io import config_to_dict
+from taid_vlm.distill import StudentForward
+from taid_vlm.optim import apply_trainability, build_optimizer, param_groups
+from taid_vlm.train_data import MicroBatchPlan
+
+RUN_MARKER = "run_config.yaml"
+
+
+@dataclass
+class RunParts:
+    accelerator: Accelerator
+    student: Adapter
+    student_module: torch.nn.Module
+    teacher: Adapter | None
+    loss_fn: Any
+    schedule: Any
+    signal_key: str | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    trainable_params: list[torch.nn.Parameter]
+    samples: list
+    val_samples: list
+    plan: MicroBatchPlan
+    collate: Any
+    report: Any
+    total_steps: int
+    resume_from: Path | None
+    cache: Any = None
+    sampler: Any = None
+
+
+def check_paths(cfg: Config) -> None:
+    """Fail in seconds on missing files, before any weights are loaded."""
+    for name, value in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
+                        ("data.image_root", cfg.data.image_root), ("eval.vqa", cfg.eval.vqa),
+                        ("eval.caption", cfg.eval.caption), ("student.path", cfg.student.path),
+                        ("teacher.cache", cfg.teacher.cache)):
+        if value and not Path(value).exists():
+            raise ConfigError(f"{name}: {value!r} does not exist")
+    if cfg.loss.needs_teacher and not cfg.teacher.cache and cfg.teacher.path and not Path(cfg.teacher.path).exists():
+        raise ConfigError(f"teacher.path: {cfg.teacher.path!r} does not exist")
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 autocast needs a GPU; use bf16 or no on the CPU")
+
+
+def claim_output_dir(cfg: Config, resume: str | None, is_main: bool) -> Path | None:
+    """Refuse to write into another run's folder; returns the checkpoint to resume from."""
+    out = Path(cfg.train.output_dir)
+    resume_from = resolve_resume(out, resume)
+    marker = out / RUN_MARKER
+    busy = out.is_dir() and any(out.iterdir())
+    if busy and resume_from is None and not cfg.train.overwrite:
+        what = f"another run ({len(list_checkpoints(out))} checkpoints)" if marker.exists() else "other files"
+        raise ConfigError(
+            f"train.output_dir: {str(out)!r} already holds {what}; pass --resume auto to continue it, "
+            "choose another folder, or set train.overwrite=true"
+        )
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return resume_from
+
+
+def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter | None]:
+    student = build_adapter(**cfg.student.adapter_kwargs())
+    teacher = None
+    if cfg.loss.needs_teacher and not cfg.teacher.cache:
+        teacher_kwargs = cfg.teacher.adapter_kwargs()
+        if teacher_kwargs["tokenizer"] is None and teacher_kwargs["path"] is None:
+            # A teacher built from a config shares the student's tokenizer (required anyway).
+            teacher_kwargs["tokenizer"] = student.tokenizer
+        teacher = build_adapter(**teacher_kwargs)
+        from taid_vlm.adapters.checks import check_tokenizers
+
+        check_tokenizers(teacher.tokenizer, student.tokenizer)
+        # The teacher is frozen: eval mode, no grads, never wrapped for DDP.
+        teacher.model.to(device).eval().requires_grad_(False)
+    return student, teacher
+
+
+def _open_cache(cfg: Config, student: Adapter) -> Any:
+    """The teacher cache, checked against this run's data, tokenizer, template and length."""
+    if not (cfg.loss.needs_teacher and cfg.teacher.cache):
+        return None
+    from taid_vlm.cache import TeacherCache
+
+    cache = TeacherCache(cfg.teacher.cache)
+    template = cfg.student.chat_template or getattr(student.tokenizer, "chat_template", None)
+    cache.check(data=cfg.data.train, tokenizer=student.tokenizer, template=template, max_length=cfg.data.max_length)
+    return cache
+
+
+def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Any = None):
+    from taid_vlm.data.collate import PairCollator
+    from taid_vlm.data.readers import DataReport, load_samples
+
+    report = DataReport()
+    samples = load_samples(cfg.data.train, format=cfg.data.format, image_root=cfg.data.image_root,
+                           strict=cfg.data.strict, report=report)
+    if cache is not None:
+        kept = [x for x in samples if x.id in cache]
+        for _ in range(len(samples) - len(kept)):
+            report.skip("not_in_teacher_cache")
+        samples = kept
+    val = []
+    if cfg.data.val:
+        val = load_samples(cfg.data.val, format=cfg.data.format, image_root=cfg.data.image_root,
+                           strict=cfg.data.strict, report=DataReport())
+    if student.supports_images is False and any(s.images for s in samples):
+        raise ConfigError("student: the training data has images but the student family "
+                          f"{student.name!r} takes text only; use a VLM or composed student")
+    collate = PairCollator(student, teacher, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict)
+    return samples, val, collate, report
+
+
+def build_run(cfg: Config, resume: str | None = None) -> RunParts:
+    """Build the accelerator, models, loss, data and optimizer of a run (fails fast on bad input)."""
+    check_paths(cfg)
+    acc = Accelerator(
+        cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.train.output_dir,
+    )
+    resume_from = claim_output_dir(cfg, resume, acc.is_main_process)
+    acc.wait_for_everyone()
+    set_seed(cfg.train.seed)
+    student, teacher = _build_adapters(cfg, acc.device)
+    if cfg.student.gradient_checkpointing and hasattr(student.model, "gradient_checkpointing_enable"):
+        student.model.gradient_checkpointing_enable()
+    apply_trainability(student.parts(), cfg.student)
+
+    from taid_vlm.losses import get_loss
+
+    loss_kwargs = dict(cfg.loss.kwargs)
+    if cfg.loss.name == "taid":
+        t = cfg.taid
+        loss_kwargs.update(t_start=t.t_start, t_end=t.t_end, alpha=t.alpha, beta=t.beta,
+                           adaptive=t.adaptive, signal=t.signal)
+    elif cfg.loss.temperature != 1.0:
+        loss_kwargs.setdefault("temperature", cfg.loss.temperature)
+    loss_fn = get_loss(cfg.loss.name, **loss_kwargs).to(acc.device)
+    schedule = getattr(loss_fn, "schedule", None)
+    signal_key = getattr(loss_fn, "signal_key", None)
+
+    cache = _open_cache(cfg, student)
+    samples, val, collate, report = _load_data(cfg, student, teacher, cache)
+    plan = MicroBatchPlan(len(samples), cfg.train.batch_size, acc.num_processes, acc.process_index, cfg.train.seed)
+    total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
+
+    sampler = None
+    if cfg.sampling.mode != "none":
+        from taid_vlm.sampling import StudentSampler
+
+        sampler = StudentSampler(cfg.sampling, student, cfg.train.seed, acc.process_index,
+                                 {x.id: x for x in samples})
+    module = StudentForward(student)
+    groups = param_groups(student.parts(), cfg.train, extra=loss_fn)
+    optimizer, scheduler = build_optimizer(groups, cfg.train, total)
+    module, optimizer = acc.prepare(module, optimizer)
+    params = [q for g in optimizer.param_groups for q in g["params"]]
+    if acc.is_main_process and cfg.logging.tensorboard:
+        acc.init_trackers("tb", config=_flat_hparams(cfg))
+    return RunParts(acc, student, module, teacher, loss_fn, schedule, signal_key, optimizer, scheduler,
+                    params, samples, val, plan, collate, report, total, resume_from, cache, sampler)
+
+
+def _flat_hparams(cfg: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(node, (int, float, str, bool)):
+            flat[prefix] = node
+        elif node is not None:
+            flat[prefix] = str(node)
+
+    walk("", config_to_dict(cfg))
+    return flat

@@ -1,0 +1,220 @@
+"""The accelerate training loop: accumulate, clip, step, schedule, log, evaluate, checkpoint, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from taid_vlm.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from taid_vlm.config import Config, ConfigError
+from taid_vlm.config_io import config_to_dict
+from taid_vlm.distill import compute_losses, teacher_side
+from taid_vlm.run_setup import RunParts, build_run
+from taid_vlm.train_data import micro_batch_loader
+from taid_vlm.train_log import RunLogger
+
+# Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
+_KILL_AT_ENV = "TAID_VLM_TEST_KILL_AT_STEP"
+
+
+def _sum_losses(out: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    keys = ["loss", "distil_loss", "lm_loss", "taid_signal"]
+    vals = [out[k].detach().float() if k in out else torch.zeros((), device=device) for k in keys]
+    return torch.stack([v.to(device) for v in vals])
+
+
+class Trainer:
+    """Runs one training job described by a ``Config`` (see ``train(cfg)``)."""
+
+    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.parts: RunParts = build_run(cfg, resume=resume)
+        self.acc = self.parts.accelerator
+        self.out = Path(cfg.train.output_dir)
+        self.log = RunLogger(self.out, self.acc, cfg, enabled=self.acc.is_main_process)
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _micro_step(self, batch: dict[str, Any], n_global: torch.Tensor, last: bool) -> torch.Tensor:
+        p, acc = self.parts, self.acc
+        sync = contextlib.nullcontext() if last else acc.no_sync(p.student_module)
+        with sync, acc.autocast():
+            if batch is None or batch.get("student") is None:
+                # Nothing usable in this micro-batch: a zero loss still joins the DDP gradient sync.
+                zero = sum(q.sum() * 0.0 for q in p.student_module.parameters() if q.requires_grad)
+                acc.backward(zero)
+                return torch.zeros(4, device=acc.device)
+            s = p.student_module(batch["student"])
+            t, t_logits = teacher_side(p, s, batch)
+            out = compute_losses(
+                s, t, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
+                chunk_size=self.cfg.loss.chunk_size, teacher_logits=t_logits,
+            )
+            if p.signal_key and p.signal_key in out:
+                out["taid_signal"] = out[p.signal_key]
+            # Sum over tokens / tokens of the whole step; x world size because DDP averages grads.
+            acc.backward(out["loss"] * acc.num_processes / n_global)
+        return _sum_losses(out, acc.device)
+
+    def _next_micro_batches(self, it: Any) -> list:
+        p, ga = self.parts, self.cfg.train.grad_accum
+        raw = [next(it) for _ in range(ga)]
+        if p.sampler is None:
+            return raw
+        return [p.collate(p.sampler(samples, self.step * ga + i)) for i, samples in enumerate(raw)]
+
+    def _optimizer_step(self, micro_batches: list) -> dict[str, float]:
+        p, acc, cfg = self.parts, self.acc, self.cfg
+        t0 = time.perf_counter()
+        n_local = sum(int(b["num_tokens"]) if b else 0 for b in micro_batches)
+        n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum")
+        n_global = torch.clamp(n_global, min=1.0)
+        sums = torch.zeros(4, device=acc.device)
+        for i, b in enumerate(micro_batches):
+            sums += self._micro_step(b, n_global, last=i == len(micro_batches) - 1)
+        sums = acc.reduce(sums, reduction="sum") / n_global
+        loss, distil, lm, signal_v = (float(x) for x in sums)
+        finite = math.isfinite(loss)
+        grad_norm = float("nan")
+        if finite and cfg.train.max_grad_norm > 0:
+            grad_norm = float(acc.clip_grad_norm_(p.trainable_params, cfg.train.max_grad_norm))
+            finite = math.isfinite(grad_norm)
+        if finite:
+            p.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scheduler.step()
+        extra: dict[str, float] = {}
+        if finite and p.schedule is not None:
+            p.schedule.update(signal_v, self.step, p.total_steps)
+        if p.schedule is not None and acc.num_processes > 1:
+            # Every rank must hold the same t; the spread is logged so a divergence is visible.
+            ts = acc.gather(torch.tensor([p.schedule.t], device=acc.device, dtype=torch.float64))
+            extra["taid_t_spread"] = float(ts.max() - ts.min())
+        if self.nonfinite_run >= cfg.train.max_nonfinite:
+            raise RuntimeError(
+                f"{self.nonfinite_run} optimizer steps in a row had a non-finite loss or gradient "
+                f"(last at step {self.step + 1}); lower train.lr or check the data (train.max_nonfinite)"
+            )
+        dt = time.perf_counter() - t0
+        return {
+            "loss": loss, "distil_loss": distil, "lm_loss": lm, "grad_norm": grad_norm,
+            "lr": p.scheduler.get_last_lr()[0], "tokens": float(n_global), "tokens_per_s": float(n_global) / dt,
+            "skipped_nonfinite": self.nonfinite_total,
+            **({"taid_t": p.schedule.t, "taid_signal": signal_v} if p.schedule is not None else {}),
+            **extra,
+            **(p.sampler.stats() if p.sampler is not None else {}),
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        p = self.parts
+        return {
+            "step": self.step, "micro_batch": self.step * self.cfg.train.grad_accum,
+            "total_steps": p.total_steps, "nonfinite_total": self.nonfinite_total,
+            "taid_schedule": p.schedule.state_dict() if p.schedule is not None else None,
+            "data_report": p.report.to_dict() if hasattr(p.report, "to_dict") else None,
+            "sampler": p.sampler.state_dict() if p.sampler is not None else None,
+        }
+
+    def save(self) -> Path:
+        p, acc = self.parts, self.acc
+        return save_checkpoint(
+            self.out, self.step, model=acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, state=self._state(),
+            config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False),
+            is_main=acc.is_main_process, rank=acc.process_index, keep_last=self.cfg.train.keep_last,
+            barrier=acc.wait_for_everyone,
+        )
+
+    def _resume(self, path: Path) -> None:
+        p = self.parts
+        state = load_checkpoint(
+            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
+        )
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        if p.schedule is not None and state.get("taid_schedule"):
+            p.schedule.load_state_dict(state["taid_schedule"])
+        if p.sampler is not None and state.get("sampler"):
+            p.sampler.load_state_dict(state["sampler"])
+        self.log.truncate_after(self.step)
+        self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the end; returns the final metrics (also written to ``final/metrics.json``)."""
+        p, cfg = self.parts, self.cfg
+        if p.resume_from is not None:
+            self._resume(p.resume_from)
+        kill_at = int(os.environ.get(_KILL_AT_ENV, "0") or 0)
+        ga = cfg.train.grad_accum
+        loader = micro_batch_loader(p.plan, p.samples, self.step * ga, p.total_steps * ga,
+                                    None if p.sampler else p.collate, cfg.data.num_workers)
+        it = iter(loader)
+        bar = tqdm(total=p.total_steps, initial=self.step, desc=f"train {cfg.loss.name}",
+                   disable=not (cfg.logging.progress and self.acc.is_main_process), dynamic_ncols=True)
+        p.student_module.train()
+        last: dict[str, float] = {}
+        while self.step < p.total_steps:
+            last = self._optimizer_step(self._next_micro_batches(it))
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "taid_t") if k in last})
+            if self.step % cfg.logging.every == 0 or self.step == p.total_steps:
+                self.log.metrics(self.step, last)
+            if kill_at and self.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < p.total_steps:
+                self.log.metrics(self.step, self.evaluate())
+            if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < p.total_steps:
+                self.save()
+        bar.close()
+        final = {**last, **self.evaluate()}
+        self.save()
+        self.finish(final)
+        return final
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (and generation metrics if configured) without touching training RNG."""
+        from taid_vlm.evaluate_hook import run_eval_hook
+
+        return run_eval_hook(self)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """Save the final student with ``save_pretrained`` + tokenizer/processor and the data report."""
+        p, acc = self.parts, self.acc
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            final = self.out / "final"
+            p.student.save(str(final))
+            (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+            report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}
+            (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))
+            if hasattr(p.report, "summary"):
+                self.log.info(p.report.summary())
+        self.log.close()
+        acc.wait_for_everyone()
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Train as configured; ``resume`` is ``None``, ``"auto"`` or a checkpoint folder."""
+    if resume and resume != "auto" and resolve_resume(cfg.train.output_dir, resume) is None:
+        raise ConfigError(f"--resume {resume}: no checkpoint there")
+    return Trainer(cfg, resume=resume).run()
