@@ -1,0 +1,70 @@
+"""Start-up checks: teacher and student must share the text tokenizer; LM heads must cover it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Strings whose token ids must agree: chat markup, digits, punctuation, mixed scripts, spaces.
+PROBE_STRINGS = (
+    "Hello, world! How are you today?",
+    "<|im_start|>user\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n",
+    "The answer is 42. 3.14159 + 2 = 5.14159",
+    "  leading spaces\tand\ttabs\nnew lines",
+    "Ünïcödé: 日本語のテキスト, emoji 🙂, Привет",
+    "def f(x):\n    return x ** 2  # code",
+)
+
+
+def _differences(a: dict[str, int], b: dict[str, int], limit: int = 5) -> list[str]:
+    """The first tokens (by id) that are missing or map to another id in ``b``."""
+    out = []
+    for tok, i in sorted(a.items(), key=lambda kv: kv[1]):
+        if b.get(tok) != i:
+            out.append(f"{tok!r}: id {i} vs {b.get(tok)}")
+            if len(out) >= limit:
+                break
+    return out
+
+
+def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
+    """Raise ValueError (showing the first differing tokens) unless both tokenizers are the same.
+
+    Compares lengths, the full vocabularies (token -> id, added tokens included), the special
+    tokens, and the ids of a set of probe strings (which also catches different merges or
+    normalisers behind identical vocabularies).
+    """
+    problems = []
+    if len(teacher_tok) != len(student_tok):
+        problems.append(f"length {len(teacher_tok)} (teacher) vs {len(student_tok)} (student)")
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    diff = _differences(tv, sv) or _differences(sv, tv)
+    if diff:
+        problems.append("vocabulary differs, first differing tokens (teacher token: teacher id vs student id): "
+                        + "; ".join(diff))
+    ts, ss = teacher_tok.special_tokens_map, student_tok.special_tokens_map
+    for key in sorted(set(ts) | set(ss)):
+        if ts.get(key) != ss.get(key):
+            problems.append(f"special token {key}: {ts.get(key)!r} (teacher) vs {ss.get(key)!r} (student)")
+    for text in PROBE_STRINGS:
+        a = teacher_tok(text, add_special_tokens=False)["input_ids"]
+        b = student_tok(text, add_special_tokens=False)["input_ids"]
+        if a != b:
+            k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            problems.append(
+                f"{text!r} tokenizes differently from token {k}: teacher "
+                f"{teacher_tok.convert_ids_to_tokens(a[k:k + 3])} vs student {student_tok.convert_ids_to_tokens(b[k:k + 3])}"
+            )
+            break
+    if problems:
+        raise ValueError("teacher and student tokenizers differ (distillation needs the same text tokenizer):\n  - "
+                         + "\n  - ".join(problems))
+
+
+def check_vocab(model_vocab_rows: int, tokenizer_len: int) -> None:
+    """The LM head must have a row per tokenizer id; extra (padded) rows are fine and are cut off
+    before any softmax. Raises ValueError when the head has fewer rows than the tokenizer."""
+    if model_vocab_rows < tokenizer_len:
+        raise ValueError(
+            f"the model's LM head has {model_vocab_rows} rows but the tokenizer has {tokenizer_len} tokens; "
+            "use the model's own tokenizer or resize the embeddings (model.resize_token_embeddings)"
+        )

@@ -1,0 +1,243 @@
+"""Text-only causal LMs (any ``AutoModelForCausalLM``), plus the chat-encoding and LM-head helpers
+that the composed adapter shares."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from taid_vlm.adapters.base import IGNORE_INDEX, Adapter, ResponseHidden, gather_response_hidden
+from taid_vlm.adapters.registry import register_adapter
+from taid_vlm.data.types import Sample, SkipSample
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# HF model_types that `family: auto` maps to this adapter (text-only causal LMs).
+TEXT_MODEL_TYPES = (
+    "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral", "mixtral", "gemma", "gemma2", "phi",
+    "phi3", "gpt2", "gpt_neox", "olmo", "olmo2", "cohere", "granite", "smollm3", "stablelm", "starcoder2",
+)
+
+
+def lm_head_view(lm: nn.Module, vocab: int) -> dict[str, Any]:
+    """LM-head pieces of ``lm`` cut to the tokenizer's ``vocab`` rows (padded rows dropped) plus the
+    config's logit transforms (Gemma-2 soft-capping, Cohere logit scale), as ``ResponseHidden`` kwargs."""
+    head = lm.get_output_embeddings()
+    cfg = lm.config
+    bias = getattr(head, "bias", None)
+    return {
+        "weight": head.weight[:vocab],
+        "bias": None if bias is None else bias[:vocab],
+        "logit_softcap": getattr(cfg, "final_logit_softcapping", None) or None,
+        "logit_scale": float(getattr(cfg, "logit_scale", None) or 1.0),
+    }
+
+
+def lm_body(lm: nn.Module) -> nn.Module:
+    """The LM without its head (final norm included): ``base_model`` is the one name every HF
+    causal LM agrees on (``model`` for Llama/Qwen, ``transformer`` for GPT-2)."""
+    body = lm.base_model
+    if body is lm:
+        raise ValueError(f"{type(lm).__name__} exposes no body module separate from its LM head")
+    return body
+
+
+def padded_ids(lm: nn.Module, vocab: int) -> list[int] | None:
+    """Ids of padded head rows (``>= vocab``), which generation must never pick."""
+    rows = lm.get_output_embeddings().weight.shape[0]
+    return list(range(vocab, rows)) or None
+
+
+def prompt_messages(messages: list[dict]) -> list[dict]:
+    """All turns before the last assistant turn (the part a model must answer)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1]
+    return list(messages)
+
+
+def _assistant_mask(tokenizer: Any, messages: list[dict], template: str) -> tuple[list[int], list[int]]:
+    """``(ids, mask)`` with mask 1 on assistant tokens (end-of-turn token included)."""
+    if _GENERATION_TAG.search(template):
+        out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    # No generation markers: an assistant turn spans from the end of the prompt rendered with the
+    # generation header to the end of the rendering that includes the turn (trailing space cut).
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(tokenizer.apply_chat_template(messages[:i], chat_template=template, tokenize=False,
+                                                      add_generation_prompt=True))
+            end = len(tokenizer.apply_chat_template(messages[:i + 1], chat_template=template, tokenize=False).rstrip())
+            spans.append((start, end))
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(b > a and any(s <= a and b <= e for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
+
+
+def encode_chat(tokenizer: Any, messages: list[dict], max_length: int, template: str | None = None,
+                image_token_id: int | None = None, image_repeat: int = 1) -> dict[str, torch.Tensor]:
+    """Render + tokenise a conversation; labels keep only assistant tokens.
+
+    Each ``image_token_id`` is repeated ``image_repeat`` times (the composed model's image slots).
+    Truncation to ``max_length`` keeps whole assistant turns only, so both sides of a teacher/
+    student pair never see half a response; SkipSample when not even the first turn fits.
+    Returns ``input_ids [L]``, ``attention_mask [L]``, ``labels [L]`` (int64).
+    """
+    template = template or tokenizer.chat_template
+    if not template:
+        raise ValueError("the tokenizer has no chat template; set `chat_template` in the model config")
+    ids, mask = _assistant_mask(tokenizer, messages, template)
+    if image_token_id is not None and image_repeat != 1:
+        ids2, mask2 = [], []
+        for t, m in zip(ids, mask):
+            n = image_repeat if t == image_token_id else 1
+            ids2 += [t] * n
+            mask2 += [m] * n
+        ids, mask = ids2, mask2
+    if not any(mask):
+        raise SkipSample("no_assistant_turn", "the chat template marked no assistant tokens")
+    if len(ids) > max_length:
+        ends = [i + 1 for i in range(len(mask)) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
+        fitting = [e for e in ends if e <= max_length]
+        if not fitting:
+            raise SkipSample("response_truncated", f"{len(ids)} tokens > max_length {max_length}")
+        ids, mask = ids[:fitting[-1]], mask[:fitting[-1]]
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    labels = torch.where(torch.tensor(mask, dtype=torch.bool), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def pad_right(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack ``input_ids``/``attention_mask``/``labels`` padded on the right -> ``[B, L_max]``."""
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    out = {}
+    for key, value in fill.items():
+        seqs = [e[key] for e in encodings]
+        out[key] = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+    return out
+
+
+def pad_left(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D id tensors for generation -> ``(input_ids [B, L], attention_mask [B, L])``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = s
+        att[i, width - len(s):] = 1
+    return ids, att
+
+
+def text_only(messages: list[dict]) -> list[dict]:
+    """Content block lists -> plain strings (most text-LM chat templates expect strings)."""
+    out = []
+    for m in messages:
+        c = m["content"]
+        if not isinstance(c, str):
+            c = "".join(b.get("text", "") for b in c if b.get("type") == "text")
+        out.append({**m, "content": c})
+    return out
+
+
+def has_image_blocks(sample: Sample) -> bool:
+    return bool(sample.images) or any(
+        not isinstance(m["content"], str) and any(b.get("type") == "image" for b in m["content"])
+        for m in sample.messages
+    )
+
+
+class TextAdapter(Adapter):
+    """Any ``AutoModelForCausalLM`` with its tokenizer's (or a configured) chat template."""
+
+    name = "text"
+    supports_images = False
+
+    def __init__(self, model: nn.Module, tokenizer: Any, chat_template: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template or tokenizer.chat_template
+        from taid_vlm.adapters.checks import check_vocab
+
+        check_vocab(model.get_output_embeddings().weight.shape[0], len(tokenizer))
+
+    def check_supports(self, sample: Sample) -> None:
+        """ValueError for a sample with images: a text-only model cannot be given image data."""
+        if has_image_blocks(sample):
+            raise ValueError(f"sample {sample.id!r} has images but the {self.name!r} family is text-only; "
+                             "use a VLM or composed model, or text-only data")
+
+    def encode(self, sample: Sample, max_length: int) -> dict[str, torch.Tensor]:
+        if has_image_blocks(sample):
+            raise SkipSample("image_for_text_model", f"sample {sample.id!r} has images")
+        return encode_chat(self.tokenizer, text_only(sample.messages), max_length, self.chat_template)
+
+    def collate(self, encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return pad_right(encodings, self.tokenizer.pad_token_id)
+
+    def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = lm_body(self.model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       use_cache=False)
+        return out[0]
+
+    def response_hidden(self, batch: dict[str, torch.Tensor]) -> ResponseHidden:
+        """``hidden [B, L, H]`` of the LM body (final norm applied) -> response rows ``[N, H]``."""
+        rows, targets, index = gather_response_hidden(self._hidden(batch), batch["labels"])
+        return ResponseHidden(hidden=rows, targets=targets, sample_index=index,
+                              **lm_head_view(self.model, len(self.tokenizer)))
+
+    def _generate_ids(self, seqs: list[torch.Tensor], max_new_tokens: int, **kw: Any) -> list[str]:
+        ids, att = pad_left(seqs, self.tokenizer.pad_token_id)
+        dev = next(self.model.parameters()).device
+        kw.setdefault("do_sample", False)
+        kw.setdefault("suppress_tokens", padded_ids(self.model, len(self.tokenizer)))
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=self.tokenizer.eos_token_id, **kw)
+        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+    def generate(self, samples: list[Sample], max_new_tokens: int = 32, **gen_kwargs: Any) -> list[str]:
+        seqs = []
+        for s in samples:
+            self.check_supports(s)
+            text = self.tokenizer.apply_chat_template(text_only(prompt_messages(s.messages)),
+                                                      chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=True)
+            seqs.append(torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        return self._generate_ids(seqs, max_new_tokens, **gen_kwargs)
+
+
+def resolve_tokenizer(tokenizer: Any, path: str | None, trust_remote_code: bool = False) -> Any:
+    """A tokenizer object from an object, a directory, or the model ``path``."""
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        return tokenizer
+    source = tokenizer or path
+    if not source:
+        raise ValueError("tokenizer: set `tokenizer` (a directory) when building a model from `config`")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+@register_adapter("text", model_types=TEXT_MODEL_TYPES)
+def build_text_adapter(path: str | None = None, config: dict | None = None, tokenizer: Any = None,
+                       dtype: str = "float32", trust_remote_code: bool = False, chat_template: str | None = None,
+                       attn_implementation: str | None = None) -> TextAdapter:
+    """``path`` (pretrained) or ``config`` (architecture dict, random weights; see models.factory)."""
+    from taid_vlm.models.factory import build_text_lm
+
+    tok = resolve_tokenizer(tokenizer, path, trust_remote_code)
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if path:
+        kwargs.update(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = build_text_lm({"path": path}, tok, **kwargs)
+    elif config is not None:
+        model = build_text_lm(config, tok, **kwargs).to(DTYPES[dtype])
+    else:
+        raise ValueError("text model: set `path` to a pretrained model or `config` to build one")
+    return TextAdapter(model, tok, chat_template)
