@@ -1,5 +1,12 @@
-"""Data: readers, image loading, chat templating with assistant-only labels, synthetic set."""
+"""Data: readers, image loading, chat templating with assistant-only labels, synthetic set.
 
+Heavy pieces (``datasets``, PIL, tokenizers) are imported by the submodules that need them:
+``images`` (ImageRef), ``readers`` (load_samples, DataReport, SampleDataset), ``template``
+(encode_conversation, encode_prompt, TokenizerTemplate), ``collate`` (PairCollator,
+pad_sequences), ``synthetic`` (generate_synthetic, synthetic_corpus, main_make_synthetic).
+"""
+
+from taid_vlm.data.report import DataReport
 from taid_vlm.data.types import Sample, SkipSample
 
-__all__ = ["Sample", "SkipSample"]
+__all__ = ["DataReport", "Sample", "SkipSample"]

@@ -1,0 +1,158 @@
+"""Batches for distillation: the same records encoded by the student and the teacher adapters.
+
+``PairCollator`` encodes each sample on both sides, skips (and counts) samples that either side
+cannot use, checks that both sides label the same response tokens, and lets each adapter pad its
+own batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from taid_vlm.data.report import DataReport
+from taid_vlm.data.types import Sample, SkipSample
+
+IGNORE_INDEX = -100
+
+
+def pad_sequences(seqs: list[torch.Tensor], pad_value: int | float, side: str = "right") -> torch.Tensor:
+    """Stack 1-D tensors ``[L_i]`` into ``[B, max L_i]``, padding on ``side`` (``right``/``left``)."""
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    if not seqs:
+        raise ValueError("pad_sequences: no sequences")
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, : len(s)] = s
+        else:
+            out[i, width - len(s):] = s
+    return out
+
+
+def response_ids(encoding: dict[str, Any]) -> torch.Tensor:
+    """``[R]`` the labelled (response) token ids of one unbatched encoding, in order."""
+    labels = torch.as_tensor(encoding["labels"])
+    return labels[labels != IGNORE_INDEX]
+
+
+def _keep_first_responses(encoding: dict[str, Any], n: int) -> None:
+    """Unlabel every response token after the first ``n`` (in place)."""
+    labels = torch.as_tensor(encoding["labels"]).clone()
+    pos = torch.nonzero(labels != IGNORE_INDEX).flatten()
+    labels[pos[n:]] = IGNORE_INDEX
+    encoding["labels"] = labels
+
+
+def _token(tokenizer: Any, tid: int) -> str:
+    try:
+        return repr(tokenizer.convert_ids_to_tokens(int(tid)))
+    except Exception:  # noqa: BLE001 - the message must not fail for an exotic tokenizer
+        return "?"
+
+
+def response_runs(encoding: dict[str, Any]) -> int:
+    """Number of contiguous labelled spans (one per assistant turn kept by the template)."""
+    m = (torch.as_tensor(encoding["labels"]) != IGNORE_INDEX).to(torch.int8)
+    return int(m[0]) + int((m[1:] > m[:-1]).sum()) if len(m) else 0
+
+
+def check_pair(sample_id: str, student: dict[str, Any], teacher: dict[str, Any], *, num_turns: int | None = None,
+               tokenizer: Any = None) -> None:
+    """Raise ``ValueError`` naming the sample unless both sides label the same response ids.
+
+    One exception: truncation keeps whole assistant turns, so one side may keep fewer turns than
+    the other. When the shorter side kept fewer than the sample's ``num_turns`` assistant turns
+    and its response ids are a prefix of the other side's, the longer side's extra labels are
+    removed in place, so both sides train on the same responses.
+    """
+    rs, rt = response_ids(student), response_ids(teacher)
+    if torch.equal(rs, rt):
+        return
+    n = min(len(rs), len(rt))
+    same = rs[:n] == rt[:n]
+    if bool(same.all()):
+        short, long_ = (student, teacher) if len(rs) < len(rt) else (teacher, student)
+        if num_turns is not None and response_runs(short) < num_turns:
+            _keep_first_responses(long_, n)
+            return
+        raise ValueError(f"sample {sample_id!r}: the student labels {len(rs)} response tokens, the teacher "
+                         f"{len(rt)}; the shorter is a prefix of the longer but truncation does not explain it")
+    k = int(torch.nonzero(~same).flatten()[0])
+    raise ValueError(
+        f"sample {sample_id!r}: response tokens differ between student and teacher at response position {k}: "
+        f"student id {int(rs[k])} {_token(tokenizer, rs[k])} vs teacher id {int(rt[k])} {_token(tokenizer, rt[k])}; "
+        "teacher and student must share the text tokenizer and render responses identically"
+    )
+
+
+class PairCollator:
+    """``samples -> {"student", "teacher", "ids", "num_tokens", "skipped"}``.
+
+    Args:
+        student: adapter with ``encode(sample, max_length)`` and ``collate(encodings)``.
+        teacher: the same for the teacher, or ``None`` (SFT: ``"teacher"`` is then ``None``).
+        max_length: token budget per sample of the student (and of the teacher unless
+            ``teacher_max_length`` is given).
+        report: ``DataReport`` that counts skipped samples (once per sample id).
+        strict: re-raise ``SkipSample`` instead of skipping.
+    Returns per call: ``student``/``teacher`` are the adapters' padded batches (``labels [B, L]``
+    with -100 outside responses), ``ids`` the kept sample ids in order, ``num_tokens`` the number of
+    response tokens the student predicts (``labels[:, 1:] != -100``), ``skipped`` the
+    ``(sample_id, reason, detail)`` of the samples dropped from this batch. When every sample was
+    skipped, ``student`` is ``None`` (and ``ids`` empty).
+
+    The report is updated in the process that runs the collator; with DataLoader workers, call
+    ``report.absorb(batch)`` in the main process (counting is once per sample id, so doing it
+    without workers too is harmless).
+    """
+
+    def __init__(self, student: Any, teacher: Any = None, *, max_length: int, report: DataReport | None = None,
+                 strict: bool = False, teacher_max_length: int | None = None) -> None:
+        self.student, self.teacher = student, teacher
+        self.max_length = max_length
+        self.teacher_max_length = teacher_max_length or max_length
+        self.report = report if report is not None else DataReport()
+        self.strict = strict
+
+    def encode(self, sample: Sample, skipped: list | None = None) -> tuple[dict, dict | None] | None:
+        """Both sides' encodings of one sample, or ``None`` when skipped (counted, and appended to
+        ``skipped`` as ``(sample_id, reason, detail)``)."""
+        try:
+            s = self.student.encode(sample, self.max_length)
+            t = self.teacher.encode(sample, self.teacher_max_length) if self.teacher is not None else None
+        except SkipSample as skip:
+            if self.strict:
+                raise SkipSample(skip.reason, f"sample {sample.id!r}: {skip.detail}") from None
+            self.report.skip(skip.reason, skip.detail, sample_id=sample.id)
+            if skipped is not None:
+                skipped.append((sample.id, skip.reason, skip.detail))
+            return None
+        if t is not None:
+            turns = sum(1 for m in sample.messages if m["role"] == "assistant")
+            check_pair(sample.id, s, t, num_turns=turns, tokenizer=getattr(self.student, "tokenizer", None))
+        return s, t
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        enc_s, enc_t, ids, skipped = [], [], [], []
+        for sample in samples:
+            pair = self.encode(sample, skipped)
+            if pair is None:
+                continue
+            enc_s.append(pair[0])
+            enc_t.append(pair[1])
+            ids.append(sample.id)
+        if not ids:
+            return {"student": None, "teacher": None, "ids": [], "num_tokens": 0, "skipped": skipped}
+        batch = self.student.collate(enc_s)
+        labels = batch["labels"]
+        return {
+            "student": batch,
+            "teacher": self.teacher.collate(enc_t) if self.teacher is not None else None,
+            "ids": ids,
+            "num_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()),
+            "skipped": skipped,
+        }

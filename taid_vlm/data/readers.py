@@ -1,0 +1,197 @@
+"""Files -> ``Sample`` lists: JSON / JSONL records, and local datasets through ``datasets``.
+
+``load_samples`` reads every record, converts it with the format's converter (``formats.py``),
+optionally decodes each image once to find bad ones, skips and counts bad records in a
+``DataReport`` (or raises with ``strict=True``) and returns the good samples in file order.
+
+Inputs: ``.json`` (a list of records, or ``{"data": [...]}``), ``.jsonl``; through ``datasets``
+(offline, local files only): ``.parquet`` (image columns as ``{"bytes": ..., "path": ...}``
+structs or ``Image`` features), a folder saved with ``save_to_disk``, an ``imagefolder`` folder
+with ``metadata.jsonl``/``metadata.csv``, and any JSON/JSONL file with ``format="hf"``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from taid_vlm.data.formats import FORMATS, RecordOptions, record_to_sample
+from taid_vlm.data.images import DEFAULT_MAX_PIXELS
+from taid_vlm.data.report import DataReport
+from taid_vlm.data.types import Sample, SkipSample
+
+READ_FORMATS = ("auto", *FORMATS, "hf")
+
+__all__ = ["DataReport", "READ_FORMATS", "SampleDataset", "iter_records", "load_samples"]
+
+
+def _json_records(path: Path) -> Iterator[Any]:
+    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad string skips one
+    # record (``bad_text``) instead of failing the whole file.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                yield SkipSample("bad_record", f"line {n + 1}: {err}")
+        return
+    data = json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}}), got {type(data).__name__}")
+    yield from data
+
+
+def _lazy_images(features: Any) -> Any:
+    """A copy of ``features`` with every ``Image`` feature set to ``decode=False`` (bytes/path dicts)."""
+    import copy
+
+    import datasets
+
+    feats = copy.deepcopy(features)
+
+    def walk(f: Any) -> None:
+        if isinstance(f, datasets.Image):
+            f.decode = False
+        elif isinstance(f, dict):
+            for v in f.values():
+                walk(v)
+        elif hasattr(f, "feature"):
+            walk(f.feature)
+
+    walk(feats)
+    return feats
+
+
+def _hf_records(path: Path, cache_dir: str | None) -> Iterator[Any]:
+    import datasets
+
+    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        ds = datasets.load_from_disk(str(path))
+    elif path.is_dir():
+        ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=cache_dir)
+    else:
+        builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"{path}: no datasets builder for {path.suffix!r} (parquet, json, jsonl, folders)")
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    ds = ds.cast(_lazy_images(ds.features))
+    yield from ds
+
+
+def iter_records(path: str | Path, format: str = "auto", cache_dir: str | None = None) -> Iterator[Any]:
+    """Raw records of one file or folder (a ``SkipSample`` instance stands for an unreadable line)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data file {str(p)!r} does not exist")
+    if format == "hf" or p.is_dir() or p.suffix == ".parquet":
+        yield from _hf_records(p, cache_dir)
+    elif p.suffix in (".json", ".jsonl"):
+        yield from _json_records(p)
+    else:
+        raise ValueError(f"{p}: unknown data file type {p.suffix!r}; use .json, .jsonl, .parquet or a folder")
+
+
+def _unique(sid: str, seen: dict[str, int]) -> str:
+    """Sample ids key the teacher cache, so duplicates get ``#2``, ``#3``, ... suffixes."""
+    n = seen.get(sid, 0) + 1
+    seen[sid] = n
+    return sid if n == 1 else f"{sid}#{n}"
+
+
+def load_samples(
+    path: str | Path | list[str | Path],
+    *,
+    format: str = "auto",
+    image_root: str | Path | None = None,
+    strict: bool = False,
+    report: DataReport | None = None,
+    validate_images: bool = True,
+    allow_outside_root: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = 1,
+    max_side: int | None = None,
+    caption_prompt: str = "Describe the image.",
+    vqa_template: str = "{question}",
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> list[Sample]:
+    """Read records into samples, skipping and counting bad ones.
+
+    Args:
+        path: a data file or folder (see the module docstring), or a list of them.
+        format: ``auto`` (per record, from its fields), ``llava``, ``messages``, ``vqa``,
+            ``caption``, or ``hf`` (read through ``datasets``, then per-record auto).
+        image_root: folder that relative image paths are resolved in; default: the data file's
+            folder (the folder itself for a folder input).
+        strict: raise the first ``SkipSample`` instead of skipping.
+        report: a ``DataReport`` to count into (a new one is made otherwise).
+        validate_images: decode every image once now so bad images are skipped here, not in
+            the middle of training (images are not kept in memory).
+        allow_outside_root, max_pixels, min_side, max_side: see ``ImageRef``.
+        caption_prompt, vqa_template: user prompts of caption and VQA records.
+        limit: stop after this many used samples.
+        cache_dir: ``datasets`` cache folder for parquet/imagefolder inputs.
+    Returns:
+        The usable samples in file order; ids are unique (duplicates get ``#n`` suffixes).
+    """
+    if format not in READ_FORMATS:
+        raise ValueError(f"data format {format!r} unknown; valid: {', '.join(READ_FORMATS)}")
+    report = report if report is not None else DataReport()
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    out: list[Sample] = []
+    seen: dict[str, int] = {}
+    for one in paths:
+        p = Path(one)
+        root = image_root if image_root is not None else (p if p.is_dir() else p.parent)
+        opts = RecordOptions(str(root), allow_outside_root, max_pixels, min_side, max_side, caption_prompt,
+                             vqa_template)
+        fmt = "auto" if format == "hf" else format
+        for index, rec in enumerate(iter_records(p, format, cache_dir)):
+            if limit is not None and len(out) >= limit:
+                return out
+            report.count_read()
+            try:
+                if isinstance(rec, SkipSample):
+                    raise rec
+                sample = record_to_sample(rec, fmt, index, opts)
+                sample.id = _unique(sample.id, seen)
+                if validate_images:
+                    for ref in sample.images:
+                        ref.check()
+            except SkipSample as skip:
+                if strict:
+                    raise SkipSample(skip.reason, f"{p.name} record {index}: {skip.detail}") from None
+                report.skip(skip.reason, f"{p.name} record {index}: {skip.detail}")
+                continue
+            out.append(sample)
+    return out
+
+
+class SampleDataset(Dataset):
+    """Samples plus an optional ``encode(sample) -> dict`` applied in ``__getitem__``.
+
+    With ``encode=None`` items are the samples themselves (for a collator that encodes, such as
+    ``PairCollator``).
+    """
+
+    def __init__(self, samples: list[Sample], encode: Callable[[Sample], Any] | None = None) -> None:
+        self.samples = list(samples)
+        self.encode = encode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        s = self.samples[i]
+        return s if self.encode is None else self.encode(s)

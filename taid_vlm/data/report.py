@@ -1,0 +1,69 @@
+"""Counts of one pass over the data: records read, used, skipped by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+class DataReport:
+    """Records read, used and skipped by reason.
+
+    Skips raised while encoding (in the collator) recur every epoch for the same sample; pass
+    ``sample_id`` and a sample is counted once however often it is skipped. ``used`` is
+    ``read - skipped``: a sample dropped after reading (e.g. at encoding time) stops being used.
+    """
+
+    MAX_EXAMPLES = 3
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.skipped: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self._skipped_ids: set[str] = set()
+
+    @property
+    def used(self) -> int:
+        return max(0, self.read - sum(self.skipped.values()))
+
+    def count_read(self, n: int = 1) -> None:
+        self.read += n
+
+    def skip(self, reason: str, detail: str = "", sample_id: str | None = None) -> None:
+        """Count one skipped record (once per ``sample_id`` when given)."""
+        if sample_id is not None:
+            if sample_id in self._skipped_ids:
+                return
+            self._skipped_ids.add(sample_id)
+        self.skipped[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < self.MAX_EXAMPLES:
+            ex.append(f"{sample_id}: {detail}" if sample_id is not None else detail)
+
+    def absorb(self, batch: dict[str, Any] | None) -> None:
+        """Count the ``skipped`` entries of a ``PairCollator`` batch (made in a worker process)."""
+        for sample_id, reason, detail in (batch or {}).get("skipped", []):
+            self.skip(reason, detail, sample_id=sample_id)
+
+    def is_skipped(self, sample_id: str) -> bool:
+        return sample_id in self._skipped_ids
+
+    def summary(self) -> str:
+        """One line, e.g. ``data: read 12, used 9, skipped 3 (corrupt_image 2, empty_answer 1)``."""
+        total = sum(self.skipped.values())
+        line = f"data: read {self.read}, used {self.used}, skipped {total}"
+        if total:
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            line += f" ({parts})"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "used": self.used,
+            "skipped": dict(sorted(self.skipped.items())),
+            "examples": {k: list(v) for k, v in sorted(self.examples.items())},
+        }
+
+    def __repr__(self) -> str:
+        return f"DataReport({self.summary()!r})"

@@ -1,0 +1,122 @@
+"""The synthetic shapes set: byte-determinism, answers that match the drawn pictures, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from taid_vlm.data.readers import DataReport, load_samples
+from taid_vlm.data.synthetic import generate_synthetic, main_make_synthetic, synthetic_corpus
+from taid_vlm.data.synthetic_scenes import COLOURS, POSITIONS
+
+N_TRAIN, N_VAL, SIZE = 30, 12, 32
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    paths = generate_synthetic(out, seed=0, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE)
+    return out, paths
+
+
+def test_same_seed_same_bytes_other_seed_differs(synth, tmp_path):
+    out, paths = synth
+    again = generate_synthetic(tmp_path / "a", seed=0, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE)
+    other = generate_synthetic(tmp_path / "b", seed=1, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE)
+    d0, d1, d2 = digest(out), digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert d0 == d1 and len(d0) == N_TRAIN + N_VAL + 5
+    assert d2["train.json"] != d0["train.json"]
+    assert sum(d2[k] != d0[k] for k in d0 if k.endswith(".png")) > (N_TRAIN + N_VAL) // 2
+    assert set(paths) == set(again) == set(other) == {"train", "val", "val_vqa", "val_caption", "scenes", "images"}
+
+
+def expected_answer(question: str, objs: list[dict]) -> str:
+    """Answer a generator question from the scene description, independently of the generator."""
+    if question == "How many shapes are there?":
+        return str(len(objs))
+    m = re.fullmatch(r"What colour is the (\w+)\?", question)
+    if m:
+        return next(o["colour"] for o in objs if o["shape"] == m[1])
+    m = re.fullmatch(r"What shape is the (\w+) object\?", question)
+    if m:
+        return next(o["shape"] for o in objs if o["colour"] == m[1])
+    m = re.fullmatch(r"Where is the (\w+) (\w+)\?", question)
+    if m:
+        return next(o["position"] for o in objs if (o["colour"], o["shape"]) == (m[1], m[2]))
+    m = re.fullmatch(r"Is the (\w+) small or large\?", question)
+    if m:
+        return next(o["size"] for o in objs if o["shape"] == m[1])
+    m = re.fullmatch(r"Is there a (\w+) (\w+)\?", question)
+    if m:
+        return "yes" if any((o["colour"], o["shape"]) == (m[1], m[2]) for o in objs) else "no"
+    raise AssertionError(f"unexpected question {question!r}")
+
+
+def test_pictures_match_scene_descriptions(synth):
+    out, paths = synth
+    scenes = json.loads(paths["scenes"].read_text())
+    assert len(scenes) == N_TRAIN + N_VAL
+    for name, objs in scenes.items():
+        img = Image.open(out / "images" / f"{name}.png")
+        assert img.size == (SIZE, SIZE) and img.mode == "RGB"
+        assert 1 <= len(objs) <= 3 and len({o["shape"] for o in objs}) == len({o["colour"] for o in objs}) == len(objs)
+        for pos, (fx, fy) in POSITIONS.items():
+            pixel = img.getpixel((int(fx * SIZE), int(fy * SIZE)))
+            here = [o for o in objs if o["position"] == pos]
+            assert pixel == (COLOURS[here[0]["colour"]] if here else (255, 255, 255)), (name, pos)
+        assert {c for _, c in img.getcolors()} == {(255, 255, 255)} | {COLOURS[o["colour"]] for o in objs}
+
+
+def test_answers_and_captions_consistent(synth):
+    _, paths = synth
+    scenes = json.loads(paths["scenes"].read_text())
+    vqa = json.loads(paths["val_vqa"].read_text())
+    assert len(vqa) == N_VAL and len({r["question_type"] for r in vqa}) == 6
+    for rec in vqa:
+        assert rec["answers"] == [expected_answer(rec["question"], scenes[rec["question_id"]])] * 10
+    n_turns = 0
+    for rec in json.loads(paths["train"].read_text()):
+        conv, objs = rec["conversations"], scenes[rec["id"]]
+        assert conv[0]["value"].startswith("<image>\n") and rec["image"] == f"images/{rec['id']}.png"
+        for q, a in zip(conv[::2], conv[1::2]):
+            text = q["value"].replace("<image>\n", "")
+            if text == "Describe the image.":
+                assert all(o["colour"] in a["value"] and o["shape"] in a["value"] for o in objs)
+            else:
+                assert a["value"] == expected_answer(text, objs)
+                n_turns += 1
+    assert n_turns > N_TRAIN // 2
+    for rec in json.loads(paths["val_caption"].read_text()):
+        assert len(rec["captions"]) == 4
+        for cap in rec["captions"]:
+            assert all(o["colour"] in cap and o["shape"] in cap for o in scenes[rec["id"]])
+
+
+def test_files_read_cleanly_and_corpus_covers_them(synth):
+    out, paths = synth
+    report = DataReport()
+    for key in ("train", "val", "val_vqa", "val_caption"):
+        assert load_samples(paths[key], report=report)
+    assert report.read == report.used == N_TRAIN + 3 * N_VAL
+    corpus = " ".join(synthetic_corpus(out))
+    for word in [*COLOURS, "circle", "square", "triangle", "centre", "yes", "no", "Describe the image."]:
+        assert word in corpus
+
+
+def test_cli_entry(tmp_path, capsys):
+    assert main_make_synthetic(["--output", str(tmp_path / "s"), "--seed", "3", "--n-train", "4", "--n-val", "2",
+                                "--image-size", "24"]) == 0
+    assert len(json.loads((tmp_path / "s" / "train.json").read_text())) == 4
+    assert "val_vqa:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main_make_synthetic(["--output", str(tmp_path / "t"), "--n-train", "0"])
