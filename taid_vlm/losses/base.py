@@ -1,0 +1,103 @@
+"""``DistillLoss``: the module interface that the trainer, the full path and the fused path share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from taid_vlm.losses._validate import check_reduction, check_temperature, prepare, reduce
+
+
+class DistillLoss(nn.Module):
+    """A named distillation loss over response tokens.
+
+    Subclasses implement ``per_token`` (or ``per_token_with_stats``) on raw fp32 logits of the valid
+    rows; the same code serves the full-logits ``forward`` and ``fused_linear_losses`` (which feeds it
+    chunk by chunk), so the two paths agree for every loss. ``value_and_grad`` may be overridden with
+    a closed form that needs fewer ``[C, V]`` buffers (TAID, forward KL).
+
+    Attributes:
+        name: registry name.
+        needs_teacher: False only for ``sft``.
+        needs_labels: the loss uses the target token ids (sft, dkd).
+        stat_keys: keys of ``stats``.
+        fusable: False makes ``fused_linear_losses`` fall back to full logits.
+        stats: after each forward, detached fp32 scalar SUMS over valid tokens of extra quantities.
+    """
+
+    name: str = "base"
+    needs_teacher: bool = True
+    needs_labels: bool = False
+    stat_keys: tuple[str, ...] = ()
+    fusable: bool = True
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        self.stats: dict[str, torch.Tensor] = {}
+
+    # -- to implement ---------------------------------------------------------------------------
+    def per_token(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                  labels: torch.Tensor | None) -> torch.Tensor:
+        """Divergence per token, ``[N, V]`` fp32 (valid rows, -inf sanitised) -> ``[N]``."""
+        return self.per_token_with_stats(student_logits, teacher_logits, labels)[0]
+
+    def per_token_with_stats(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                             labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(per_token [N], {stat_key: detached [N]})``; subclasses override one of the two methods."""
+        if type(self).per_token is DistillLoss.per_token:
+            raise NotImplementedError(f"{type(self).__name__} must implement per_token")
+        return self.per_token(student_logits, teacher_logits, labels), {}
+
+    # -- shared -----------------------------------------------------------------------------------
+    def _tempered(self, s: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.temperature == 1.0:
+            return s, t
+        return s / self.temperature, (None if t is None else t / self.temperature)
+
+    def trainable_params(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def value_and_grad(self, s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor | None,
+                       need_grad: bool):
+        """Values and gradient of ``sum(per_token)`` for one chunk (fused path).
+
+        Args:
+            s: ``[C, V]`` fp32 student logits (not modified); t: ``[C, V]`` fp32 teacher logits, owned
+                by the caller and MAY be overwritten; labels: ``[C]`` or None.
+        Returns:
+            ``(values [C], stats {key: [C]}, grad_s [C, V] | None, param_grads list | None)``, detached.
+        """
+        params = self.trainable_params() if need_grad else []
+        with torch.enable_grad():
+            leaf = s.detach().requires_grad_(need_grad)
+            vals, extras = self.per_token_with_stats(leaf, t, labels)
+            if not need_grad:
+                return vals.detach(), extras, None, None
+            grads = torch.autograd.grad(vals.sum(), [leaf, *params], allow_unused=True)
+        pgrads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
+        return vals.detach(), extras, grads[0], pgrads
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, *, labels: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """Full-logits loss.
+
+        Args:
+            student_logits: ``[N, V]`` or ``[B, T, V]``, any float dtype (fp32 inside).
+            teacher_logits: same shape, or None for ``sft``.
+            mask: leading shape, None = all valid.
+            labels: leading shape int64 target ids (needed by sft/dkd); rows with -100 count as masked.
+            reduction: "mean" over valid tokens or "sum".
+        Returns:
+            scalar fp32 tensor (0 when no token is valid); ``self.stats`` holds the sums of extras.
+        """
+        check_reduction(reduction)
+        s, t, lab, n = prepare(student_logits, teacher_logits if self.needs_teacher else None, mask, labels,
+                               needs_teacher=self.needs_teacher, needs_labels=self.needs_labels, who=self.name)
+        vals, extras = self.per_token_with_stats(s, t, lab)
+        self.stats = {k: v.detach().float().sum() for k, v in extras.items()}
+        return reduce(vals, n, reduction)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, temperature={self.temperature}"

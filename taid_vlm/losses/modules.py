@@ -1,0 +1,222 @@
+"""The loss modules behind the registry names (see ``registry.get_loss``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from taid_vlm.losses import divergences as D
+from taid_vlm.losses._validate import check_range
+from taid_vlm.losses.base import DistillLoss
+from taid_vlm.losses.schedule import TAIDSchedule
+from taid_vlm.losses.taid import taid_per_token, taid_value_and_grad
+
+
+def _no_temperature(name: str, temperature: float) -> None:
+    if float(temperature) != 1.0:
+        raise ValueError(f"temperature: {name} takes no temperature (got {temperature}); leave it at 1.0")
+
+
+class SFTLoss(DistillLoss):
+    """Cross-entropy of the student on the labels; no teacher."""
+
+    name, needs_teacher, needs_labels = "sft", False, True
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        _no_temperature("sft", temperature)
+        super().__init__()
+
+    def per_token(self, s, t, labels):
+        return D.ce_per_token(s, labels)
+
+
+class ForwardKLLoss(DistillLoss):
+    """KL(p_teacher || q_student) at ``temperature``."""
+
+    name = "fkl"
+
+    def per_token(self, s, t, labels):
+        return D.fkl_per_token(*self._tempered(s, t))
+
+    def value_and_grad(self, s, t, labels, need_grad):
+        kl, _, grad = taid_value_and_grad(s, t, 1.0, self.temperature, need_grad)
+        return kl, {}, grad, ([] if need_grad else None)
+
+
+class ReverseKLLoss(DistillLoss):
+    """KL(q_student || p_teacher)."""
+
+    name = "rkl"
+
+    def per_token(self, s, t, labels):
+        return D.rkl_per_token(*self._tempered(s, t))
+
+
+class TVDLoss(DistillLoss):
+    """Total variation distance 0.5 * sum |p - q|."""
+
+    name = "tvd"
+
+    def per_token(self, s, t, labels):
+        return D.tvd_per_token(*self._tempered(s, t))
+
+
+class GJSDLoss(DistillLoss):
+    """GKD's generalized JSD with mixture weight ``beta`` in (0, 1)."""
+
+    name = "gjsd"
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.beta = check_range("beta", beta, 0.0, 1.0, lo_open=True, hi_open=True)
+
+    def per_token(self, s, t, labels):
+        return D.gjsd_per_token(*self._tempered(s, t), self.beta)
+
+
+class SkewFKLLoss(DistillLoss):
+    """DistiLLM skew forward KL with skew ``alpha`` in [0, 1]."""
+
+    name = "skew_fkl"
+
+    def __init__(self, alpha: float = 0.1, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.alpha = check_range("alpha", alpha, 0.0, 1.0)
+
+    def per_token(self, s, t, labels):
+        return D.skew_fkl_per_token(*self._tempered(s, t), self.alpha)
+
+
+class SkewRKLLoss(SkewFKLLoss):
+    """DistiLLM skew reverse KL with skew ``alpha`` in [0, 1]."""
+
+    name = "skew_rkl"
+
+    def per_token(self, s, t, labels):
+        return D.skew_rkl_per_token(*self._tempered(s, t), self.alpha)
+
+
+class AKLLoss(DistillLoss):
+    """Adaptive KL (arXiv 2404.02657) with head threshold ``mu`` in (0, 1]."""
+
+    name = "akl"
+
+    def __init__(self, mu: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.mu = check_range("mu", mu, 0.0, 1.0, lo_open=True)
+
+    def per_token(self, s, t, labels):
+        return D.akl_per_token(*self._tempered(s, t), self.mu)
+
+
+class DKDLoss(DistillLoss):
+    """Decoupled KD: (alpha * TCKD + beta * NCKD) * T^2, target = labels."""
+
+    name, needs_labels = "dkd", True
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.alpha = check_range("alpha", alpha, 0.0, math.inf, hi_open=True)
+        self.beta = check_range("beta", beta, 0.0, math.inf, hi_open=True)
+
+    def per_token(self, s, t, labels):
+        s, t = self._tempered(s, t)
+        return D.dkd_per_token(s, t, labels, self.alpha, self.beta) * self.temperature**2
+
+
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by -lambda (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x, lam: float):
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lam * grad, None
+
+
+class CTKDLoss(DistillLoss):
+    """Curriculum temperature KD (arXiv 2211.16231), global learned temperature.
+
+    tau = temp_min + temp_range * sigmoid(raw), raw a parameter (init 1.0 as in CTKD) whose gradient
+    is reversed and scaled by lambda, so the optimiser raises the KL w.r.t. tau while lowering it
+    w.r.t. the student. Value: KL(p_tau || q_tau) * tau^2. lambda follows a cosine from
+    ``lambda_min`` to ``lambda_max`` through ``set_progress(step, total_steps)``; before any call it
+    is ``lambda_max``. Add ``parameters()`` to the optimiser.
+    """
+
+    name = "ctkd"
+
+    def __init__(self, temperature: float = 1.0, temp_min: float = 1.0, temp_range: float = 20.0,
+                 init_temperature: float | None = None, lambda_min: float = 0.0, lambda_max: float = 1.0) -> None:
+        _no_temperature("ctkd (the temperature is learned; use init_temperature)", temperature)
+        super().__init__()
+        self.temp_min = check_range("temp_min", temp_min, 0.0, math.inf, lo_open=True, hi_open=True)
+        self.temp_range = check_range("temp_range", temp_range, 0.0, math.inf, lo_open=True, hi_open=True)
+        self.lambda_min = check_range("lambda_min", lambda_min, 0.0, math.inf, hi_open=True)
+        self.lambda_max = check_range("lambda_max", lambda_max, self.lambda_min, math.inf, hi_open=True)
+        raw = 1.0
+        if init_temperature is not None:
+            frac = check_range("init_temperature", init_temperature, temp_min, temp_min + temp_range,
+                               lo_open=True, hi_open=True)
+            frac = (frac - temp_min) / temp_range
+            raw = math.log(frac / (1.0 - frac))
+        self.raw_temperature = nn.Parameter(torch.tensor(raw, dtype=torch.float32))
+        self.grl_lambda = self.lambda_max
+
+    def set_progress(self, step: int, total_steps: int) -> float:
+        """Cosine curriculum of the reversal strength; returns the new lambda."""
+        frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
+        self.grl_lambda = self.lambda_min + (self.lambda_max - self.lambda_min) * 0.5 * (1 - math.cos(math.pi * frac))
+        return self.grl_lambda
+
+    def current_temperature(self, device: torch.device | None = None) -> torch.Tensor:
+        raw = _ReverseGrad.apply(self.raw_temperature, self.grl_lambda)
+        tau = self.temp_min + self.temp_range * torch.sigmoid(raw)
+        return tau if device is None else tau.to(device)
+
+    def per_token(self, s, t, labels):
+        tau = self.current_temperature(s.device)
+        return D.fkl_per_token(s / tau, t / tau) * tau * tau
+
+
+class TAIDLoss(DistillLoss):
+    """TAID: KL(p_t || q) with t from ``self.schedule`` (updated by the trainer once per step).
+
+    ``stats``: ``taid_kl`` and ``taid_ce`` (= KL + H(p_t), the official schedule signal) sums over
+    valid tokens; ``signal_key`` names the one ``signal`` selects. ``t`` (optional) fixes the start t.
+    """
+
+    name = "taid"
+    stat_keys = ("taid_kl", "taid_ce")
+
+    def __init__(self, t_start: float = 0.4, t_end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99,
+                 adaptive: bool = True, signal: str = "cross_entropy", temperature: float = 1.0,
+                 t: float | None = None) -> None:
+        super().__init__(temperature)
+        if signal not in ("cross_entropy", "kl"):
+            raise ValueError(f"signal must be 'cross_entropy' or 'kl', got {signal!r}")
+        self.schedule = TAIDSchedule(t_start, t_end, alpha, beta, adaptive)
+        if t is not None:
+            self.schedule.t = check_range("t", t, 0.0, 1.0)
+        self.signal = signal
+        self.signal_key = "taid_ce" if signal == "cross_entropy" else "taid_kl"
+
+    @property
+    def t(self) -> float:
+        return check_range("t", self.schedule.t, 0.0, 1.0)
+
+    def per_token_with_stats(self, s, t, labels):
+        kl, ce = taid_per_token(*self._tempered(s, t), self.t)
+        return kl, {"taid_kl": kl.detach(), "taid_ce": ce}
+
+    def value_and_grad(self, s, t, labels, need_grad):
+        kl, ce, grad = taid_value_and_grad(s, t, self.t, self.temperature, need_grad)
+        return kl, {"taid_kl": kl, "taid_ce": ce}, grad, ([] if need_grad else None)
+
+    def extra_repr(self) -> str:
+        return f"t={self.schedule.t:.6f}, signal={self.signal!r}, temperature={self.temperature}"

@@ -1,0 +1,94 @@
+"""TAID's per-token objective: KL from the interpolated target p_t to the student q.
+
+p_t = softmax((1 - t) * stopgrad(s) + t * teacher) interpolates in logit space with the student
+detached, so d KL(p_t || q) / d s = q - p_t per token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from taid_vlm.losses._validate import check_range, check_reduction, check_temperature, prepare, reduce
+
+
+def taid_per_token(s: torch.Tensor, t_logits: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token TAID values with autograd.
+
+    Args:
+        s: ``[N, V]`` fp32 student logits (tempered, sanitised); t_logits: same, teacher.
+        t: interpolation parameter in [0, 1].
+    Returns:
+        ``(kl [N], ce [N])``: KL(p_t || q) (carries grad) and the cross-entropy H(p_t, q) =
+        KL + H(p_t) (detached; the official code's schedule signal).
+    """
+    with torch.no_grad():
+        lp = F.log_softmax((1.0 - t) * s.detach() + t * t_logits, dim=-1)
+        p = lp.exp()
+    lq = F.log_softmax(s, dim=-1)
+    kl = (p * (lp - lq)).sum(-1)
+    ce = -(p * lq.detach()).sum(-1)
+    return kl, ce
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Row-wise dot product through bmm: no [N, V] temporary, unlike (a * b).sum(-1).
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def taid_value_and_grad(s: torch.Tensor, t_logits: torch.Tensor, t: float, temperature: float = 1.0,
+                        need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Closed-form TAID values and gradient in at most three ``[C, V]`` buffers (fused path).
+
+    Args:
+        s: ``[C, V]`` fp32 raw student logits (left unchanged).
+        t_logits: ``[C, V]`` fp32 raw teacher logits, OVERWRITTEN (used as a work buffer).
+        t: interpolation parameter; t = 1 gives forward KL.
+        temperature: both sides are divided by it before the softmax.
+    Returns:
+        ``(kl [C], ce [C], grad [C, V] | None)`` with grad = d sum(kl) / d s = (q - p_t) / T.
+    """
+    sT = s if temperature == 1.0 else s / temperature
+    mix = t_logits
+    if t != 1.0:
+        mix.mul_(t).add_(s, alpha=1.0 - t)
+    if temperature != 1.0:
+        mix.div_(temperature)
+    lse_m = torch.logsumexp(mix, -1, keepdim=True)
+    lse_s = torch.logsumexp(sT, -1, keepdim=True)
+    diff = torch.sub(mix, sT).add_(lse_s - lse_m)  # log p_t - log q
+    p = mix.sub_(lse_m).exp_()
+    kl = _rowdot(p, diff)
+    ce = lse_s.view(-1) - _rowdot(p, sT)
+    if not need_grad:
+        return kl, ce, None
+    grad = torch.sub(sT, lse_s, out=diff).exp_().sub_(p)
+    if temperature != 1.0:
+        grad.div_(temperature)
+    return kl, ce, grad
+
+
+def taid_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,
+              mask: torch.Tensor | None = None, temperature: float = 1.0, *,
+              reduction: str = "mean") -> torch.Tensor:
+    """TAID loss: token-mean of KL(p_t || softmax(s)), p_t = softmax((1-t) * stopgrad(s) + t * teacher).
+
+    Args:
+        student_logits, teacher_logits: ``[N, V]`` or ``[B, T, V]``, any float dtype (fp32 inside);
+            -inf marks excluded vocabulary columns.
+        t: interpolation parameter in [0, 1] (0: zero loss and gradient, 1: forward KL).
+        mask: leading shape, None = all valid.
+        temperature: divides both logits before the softmax.
+        reduction: "mean" over valid tokens or "sum".
+    Returns:
+        scalar fp32; d value / d s = (softmax(s) - p_t) / N_valid for "mean".
+    """
+    t = check_range("t", t, 0.0, 1.0)
+    temperature = check_temperature(temperature)
+    check_reduction(reduction)
+    s, tl, _, n = prepare(student_logits, teacher_logits, mask, None, needs_teacher=True, needs_labels=False,
+                          who="taid_loss")
+    if temperature != 1.0:
+        s, tl = s / temperature, tl / temperature
+    kl, _ = taid_per_token(s, tl, t)
+    return reduce(kl, n, reduction)

@@ -1,0 +1,29 @@
+"""The loss benchmark runs end to end in quick mode and writes its report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_losses", ROOT / "eval" / "bench_losses.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_benchmark_writes_json_and_png(tmp_path):
+    assert _load().main(["--quick", "--output", str(tmp_path), "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "bench_losses.json").read_text())
+    assert (tmp_path / "bench_losses.png").stat().st_size > 0
+    assert {(c["path"], c["N"], c["V"]) for c in report["cases"]} == {
+        (p, 128, 500) for p in ("full", "fused")}
+    for case in report["cases"]:
+        assert case["status"] == "ok", case
+        assert case["peak_extra_mib"] >= 0 and case["time_s"] > 0
+    assert len(report["ratios"]) == 1
+    for r in report["ratios"]:
+        assert r["loss_abs_diff"] < 1e-4 and r["mem_ratio"] >= 0 and r["time_ratio"] > 0
+    assert report["target"]["mem_ratio_max"] == 0.15
