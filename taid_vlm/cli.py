@@ -1,15 +1,92 @@
-"""Command-line entry point: ``taid-vlm <command> ...``."""
+"""Command line: ``taid-vlm train | eval | compare | cache-teacher | make-synthetic | demo``.
+
+Each command is a ``main``-style function taking ``argv`` and returning an exit status, so tests
+call them directly (STYLE.md 9).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+
+COMMANDS = {
+    "train": "distil (or SFT) a student: taid-vlm train CONFIG.yaml [key.sub=value ...] [--resume auto]",
+    "eval": "score a model on VQA, captioning or text: taid-vlm eval --model DIR --task vqa --data FILE",
+    "compare": "table + bar chart of several results files: taid-vlm compare A.json B.json",
+    "cache-teacher": "run the teacher once, store its top-k: taid-vlm cache-teacher CONFIG.yaml --output DIR",
+    "make-synthetic": "write the built-in synthetic VQA/caption set: taid-vlm make-synthetic --output DIR",
+    "demo": "the whole job on the synthetic set: data, teacher, TAID/FKL/SFT students, evaluation",
+}
+
+
+def train_main(argv: list[str]) -> int:
+    """``taid-vlm train CONFIG.yaml [key.sub=value ...] [--resume auto|DIR]``."""
+    parser = argparse.ArgumentParser(prog="taid-vlm train", description=COMMANDS["train"])
+    parser.add_argument("config", help="YAML recipe (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 loss.name=fkl")
+    parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir) or a folder")
+    args = parser.parse_args(argv)
+    from taid_vlm.config import ConfigError
+    from taid_vlm.config_io import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"taid-vlm train: config error: {err}", file=sys.stderr)
+        return 2
+    from taid_vlm.trainer import train
+
+    try:
+        metrics = train(cfg, resume=args.resume)
+    except ConfigError as err:
+        print(f"taid-vlm train: config error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(f"taid-vlm train: done; final student in {cfg.train.output_dir}/final; {shown}")
+    return 0
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
+    if command == "train":
+        return train_main(rest)
+    if command == "eval":
+        from taid_vlm.evaluation.runner import eval_main
+
+        return eval_main(rest)
+    if command == "compare":
+        from taid_vlm.evaluation.compare import compare_main
+
+        return compare_main(rest)
+    if command == "cache-teacher":
+        from taid_vlm.cache.writer import cache_main
+
+        return cache_main(rest)
+    if command == "make-synthetic":
+        from taid_vlm.data.synthetic import main_make_synthetic
+
+        return main_make_synthetic(rest)
+    if command == "demo":
+        from taid_vlm.demo import demo_main
+
+        return demo_main(rest)
+    raise AssertionError(command)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``taid-vlm`` command line; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    print("taid-vlm: not built yet", file=sys.stderr)
-    return 2
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()]
+        print("usage: taid-vlm COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\ntaid-vlm: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return _dispatch(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from taid_vlm.distill import check_alignment, compute_losses, teacher_response
+from taid_vlm.distill import compute_losses, teacher_side
 
 
 def validation_loss(trainer: Any) -> dict[str, float]:
@@ -19,16 +19,23 @@ def validation_loss(trainer: Any) -> dict[str, float]:
     if cfg.eval.max_batches:
         batches = batches[: cfg.eval.max_batches]
     sums = torch.zeros(4, device=acc.device)  # loss, distil, lm, tokens
+    # The unwrapped module: DDP's forward is a collective (buffer broadcast), and ranks may hold
+    # different numbers of validation batches.
+    student = acc.unwrap_model(p.student_module)
     with torch.no_grad(), acc.autocast():
         for b in batches[rank::world]:
             batch = p.collate(b)
             if batch is None or batch.get("student") is None:
                 continue
-            s = p.student_module(batch["student"])
-            t = teacher_response(p.teacher, batch["teacher"]) if p.teacher is not None else None
-            if t is not None:
-                check_alignment(s, t, batch["ids"])
-            out = compute_losses(s, t, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False)
+            s = student(batch["student"])
+            if p.cache is not None and not all(i in p.cache for i in batch["ids"]):
+                # Validation data outside the teacher cache: only the LM loss can be measured.
+                lm = torch.nn.functional.cross_entropy(s.logits().float(), s.targets, reduction="sum")
+                out = {"loss": lm, "distil_loss": torch.full_like(lm, float("nan")), "lm_loss": lm}
+            else:
+                t, t_logits = teacher_side(p, s, batch)
+                out = compute_losses(s, t, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False,
+                                     teacher_logits=t_logits)
             sums += torch.stack([out["loss"].float(), out["distil_loss"].float(), out["lm_loss"].float(),
                                  torch.tensor(float(batch["num_tokens"]), device=acc.device)])
     sums = acc.reduce(sums, reduction="sum")

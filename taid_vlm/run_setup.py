@@ -61,8 +61,11 @@ def check_paths(cfg: Config) -> None:
         raise ConfigError("train.mixed_precision: fp16 autocast needs a GPU; use bf16 or no on the CPU")
 
 
-def claim_output_dir(cfg: Config, resume: str | None, is_main: bool) -> Path | None:
-    """Refuse to write into another run's folder; returns the checkpoint to resume from."""
+def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: Any = None) -> Path | None:
+    """Refuse to write into another run's folder; returns the checkpoint to resume from.
+
+    Every rank decides before any rank writes the run marker, so all ranks see the same folder.
+    """
     out = Path(cfg.train.output_dir)
     resume_from = resolve_resume(out, resume)
     marker = out / RUN_MARKER
@@ -73,6 +76,8 @@ def claim_output_dir(cfg: Config, resume: str | None, is_main: bool) -> Path | N
             f"train.output_dir: {str(out)!r} already holds {what}; pass --resume auto to continue it, "
             "choose another folder, or set train.overwrite=true"
         )
+    if barrier:
+        barrier()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         marker.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -117,8 +122,9 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: An
                            strict=cfg.data.strict, report=report)
     if cache is not None:
         kept = [x for x in samples if x.id in cache]
-        for _ in range(len(samples) - len(kept)):
-            report.skip("not_in_teacher_cache")
+        for x in samples:
+            if x.id not in cache:
+                report.skip("not_in_teacher_cache", sample_id=x.id)
         samples = kept
     val = []
     if cfg.data.val:
@@ -138,7 +144,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
         cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.train.output_dir,
     )
-    resume_from = claim_output_dir(cfg, resume, acc.is_main_process)
+    resume_from = claim_output_dir(cfg, resume, acc.is_main_process, acc.wait_for_everyone)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
     student, teacher = _build_adapters(cfg, acc.device)

@@ -19,6 +19,7 @@ from taid_vlm.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
 from taid_vlm.distill import compute_losses, teacher_side
+from taid_vlm.losses import NonFiniteError
 from taid_vlm.run_setup import RunParts, build_run
 from taid_vlm.train_data import micro_batch_loader
 from taid_vlm.train_log import RunLogger
@@ -58,10 +59,16 @@ class Trainer:
                 return torch.zeros(4, device=acc.device)
             s = p.student_module(batch["student"])
             t, t_logits = teacher_side(p, s, batch)
-            out = compute_losses(
-                s, t, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
-                chunk_size=self.cfg.loss.chunk_size, teacher_logits=t_logits,
-            )
+            try:
+                out = compute_losses(
+                    s, t, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
+                    chunk_size=self.cfg.loss.chunk_size, teacher_logits=t_logits,
+                )
+            except NonFiniteError:
+                # Diverged logits: this step is skipped (counted), but every rank still joins the sync.
+                zero = sum(q.sum() * 0.0 for q in p.student_module.parameters() if q.requires_grad)
+                acc.backward(zero + s.hidden.sum() * 0.0)
+                return torch.full((4,), float("nan"), device=acc.device)
             if p.signal_key and p.signal_key in out:
                 out["taid_signal"] = out[p.signal_key]
             # Sum over tokens / tokens of the whole step; x world size because DDP averages grads.
@@ -75,16 +82,31 @@ class Trainer:
             return raw
         return [p.collate(p.sampler(samples, self.step * ga + i)) for i, samples in enumerate(raw)]
 
+    def _sync_loss_grads(self) -> None:
+        """Average gradients of loss parameters (CTKD's temperature) over ranks: the loss module is
+        not wrapped for DDP, so nothing else would keep the ranks' copies equal."""
+        acc = self.acc
+        if acc.num_processes == 1:
+            return
+        for q in self.parts.loss_fn.parameters():
+            if q.grad is not None:
+                q.grad = acc.reduce(q.grad, reduction="mean")
+
     def _optimizer_step(self, micro_batches: list) -> dict[str, float]:
         p, acc, cfg = self.parts, self.acc, self.cfg
         t0 = time.perf_counter()
+        if hasattr(p.loss_fn, "set_progress"):
+            p.loss_fn.set_progress(self.step, p.total_steps)  # CTKD's curriculum for the temperature
         n_local = sum(int(b["num_tokens"]) if b else 0 for b in micro_batches)
         n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum")
         n_global = torch.clamp(n_global, min=1.0)
         sums = torch.zeros(4, device=acc.device)
+        for b in micro_batches:
+            p.report.absorb(b)  # skips counted in a loader worker reach the run's report here
         for i, b in enumerate(micro_batches):
             sums += self._micro_step(b, n_global, last=i == len(micro_batches) - 1)
         sums = acc.reduce(sums, reduction="sum") / n_global
+        self._sync_loss_grads()
         loss, distil, lm, signal_v = (float(x) for x in sums)
         finite = math.isfinite(loss)
         grad_norm = float("nan")

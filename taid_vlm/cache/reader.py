@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from taid_vlm.cache.format import compare_fingerprints, fingerprint, read_index, read_shard
+from taid_vlm.config import ConfigError
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(ConfigError):
     """The cache was made for other data, tokenizer, template or length budget."""
 
 

@@ -1,0 +1,78 @@
+"""Teacher cache: bytes per response token, step time from cache vs live teacher, quality gap.
+
+    python eval/bench_cache.py            # default demo models
+    python eval/bench_cache.py --quick    # tiny preset (used by a test)
+
+Writes ``bench_cache.json`` to --output. Live and cached runs train the same TAID student with the
+same data, steps and seed; the only difference is where the teacher distribution comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from taid_vlm.cache import cache_teacher
+from taid_vlm.config_io import config_from_dict
+from taid_vlm.demo import train_config
+from taid_vlm.studies import Study, provenance
+from taid_vlm.train_log import read_log
+
+
+def _step_seconds(run: Path) -> float:
+    """Median optimizer-step time of a run (tokens / tokens-per-second of each logged step)."""
+    log = read_log(run / "logs" / "train.jsonl")
+    return statistics.median(r["tokens"] / r["tokens_per_s"] for r in log if r.get("tokens_per_s"))
+
+
+def _response_tokens(cache_dir: Path) -> int:
+    from taid_vlm.cache.format import read_shard
+
+    return sum(int(read_shard(p)[1]["targets"].numel()) for p in cache_dir.glob("shard-*.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--work", default="runs/bench_cache")
+    ap.add_argument("--output", default="eval/results")
+    args = ap.parse_args(argv)
+    study = Study(args.work, "tiny" if args.quick else "default")
+    teacher = study.teacher()
+    cache_dir = study.work / f"cache_k{args.top_k}"
+    t0 = time.perf_counter()
+    if not (cache_dir / "index.json").is_file():
+        cfg = train_config(study.work / "cache_cfg", study.paths, study.preset["student"],
+                           study.preset["student_train"], "taid", 0, str(teacher))
+        cache_teacher(config_from_dict(cfg), cache_dir, top_k=args.top_k)
+    cache_seconds = time.perf_counter() - t0
+    n_tokens = _response_tokens(cache_dir)
+    shard_bytes = sum(p.stat().st_size for p in cache_dir.glob("shard-*.safetensors"))
+    live = study.student("taid", 0, teacher, name="student_live")
+    cached = study.student("taid", 0, teacher, name="student_cached",
+                           overrides={"teacher": {"cache": str(cache_dir)}})
+    report = {
+        **provenance(argv, "eval/bench_cache.py"), "preset": study.preset_name, "top_k": args.top_k,
+        "response_tokens": n_tokens, "bytes_per_response_token": shard_bytes / max(1, n_tokens),
+        "bytes_goal": 400, "cache_seconds": cache_seconds,
+        "step_seconds_live": _step_seconds(Path(live["run"])),
+        "step_seconds_cached": _step_seconds(Path(cached["run"])),
+        "live": live, "cached": cached,
+        "vqa_gap": cached["vqa_accuracy"] - live["vqa_accuracy"], "cider_gap": cached["cider"] - live["cider"],
+    }
+    report["step_time_ratio_cached_over_live"] = report["step_seconds_cached"] / report["step_seconds_live"]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_cache.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Step-time cost of training on student generations: none vs mixed (GKD) vs adaptive (DistiLLM).
+
+    python eval/bench_sampling.py            # default demo models
+    python eval/bench_sampling.py --quick    # tiny preset (used by a test)
+
+Writes ``bench_sampling.json`` to --output: per mode the mean step time, the share of time spent
+generating, and the final scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from taid_vlm.studies import Study, provenance
+from taid_vlm.train_log import read_log
+
+MODES = {
+    "none": {},
+    "mixed": {"sampling": {"mode": "mixed", "lam": 0.5, "max_new_tokens": 16}},
+    "adaptive": {"sampling": {"mode": "adaptive", "p_init": 0.2, "p_step": 0.2, "max_new_tokens": 16}},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--work", default="runs/bench_sampling")
+    ap.add_argument("--output", default="eval/results")
+    args = ap.parse_args(argv)
+    study = Study(args.work, "tiny" if args.quick else "default")
+    teacher = study.teacher()
+    steps = study.preset["student_train"]["max_steps"]
+    results = {}
+    for mode, extra in MODES.items():
+        if mode == "adaptive":  # adaptive needs a validation loss to react to
+            extra = {**extra, "data": {"val": study.paths["val_vqa"], "format": "auto"},
+                     "eval": {"every": max(1, steps // 5), "max_batches": 2}}
+        res = study.student("taid", 0, teacher, name=f"student_{mode}", overrides=extra)
+        log = read_log(Path(res["run"]) / "logs" / "train.jsonl")
+        steps_s = [r["tokens"] / r["tokens_per_s"] for r in log if r.get("tokens_per_s")]
+        total = res["train_seconds"]
+        results[mode] = {**res, "mean_step_seconds": statistics.fmean(steps_s),
+                         "generation_seconds": log[-1].get("sampling_seconds", 0.0),
+                         "generation_share": log[-1].get("sampling_seconds", 0.0) / total if total else 0.0}
+    for mode in results:
+        results[mode]["step_time_vs_none"] = results[mode]["mean_step_seconds"] / results["none"]["mean_step_seconds"]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {**provenance(argv, "eval/bench_sampling.py"), "preset": study.preset_name, "modes": results}
+    (out / "bench_sampling.json").write_text(json.dumps(report, indent=2))
+    for mode, r in results.items():
+        print(f"{mode:9s} step {r['mean_step_seconds']:.3f}s (x{r['step_time_vs_none']:.2f}), "
+              f"generation {r['generation_share']:.0%} of train time, VQA {r['vqa_accuracy']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Capacity gap: does the student improve as the teacher grows? TAID vs forward KL vs a baseline.
+
+    python eval/capacity_gap.py            # default preset, three teachers spanning > 10x parameters
+    python eval/capacity_gap.py --quick    # tiny preset (used by a test)
+
+The paper's claim: with TAID, students keep improving with larger teachers; with KL-type
+baselines they stall or degrade. Writes ``capacity_gap.json/.md/.png`` to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from taid_vlm.demo_presets import _composed
+from taid_vlm.studies import Study, mean_spread, provenance
+
+TEACHERS = {  # name -> composed spec per preset (image size and patch as the preset's)
+    "default": [("S", _composed(96, 2, 96, 2, 48, 6, "pixel_shuffle_mlp")),
+                ("M", _composed(192, 4, 256, 4, 48, 6, "pixel_shuffle_mlp")),
+                ("L", _composed(256, 6, 384, 6, 48, 6, "pixel_shuffle_mlp"))],
+    "tiny": [("S", _composed(48, 1, 48, 1, 32, 8, "mlp")),
+             ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
+             ("L", _composed(160, 3, 256, 3, 32, 8, "mlp"))],
+}
+
+
+def best_other_baseline(methods_json: Path) -> str:
+    """The best baseline of eval/methods.py other than TAID, forward KL and SFT (skew_fkl if none)."""
+    if methods_json.is_file():
+        summary = json.loads(methods_json.read_text())["summary"]
+        others = {m: s["vqa_mean"] for m, s in summary.items() if m not in ("taid", "taid_linear", "fkl", "sft")}
+        if others:
+            return max(others, key=others.get)
+    return "skew_fkl"
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = [t["params"] for t in report["teachers"]]
+    for m in report["methods"]:
+        ax.plot(sizes, [report["scores"][t["name"]][m]["vqa_mean"] for t in report["teachers"]], "o-", label=m)
+    ax.plot(sizes, [t["vqa_accuracy"] for t in report["teachers"]], "k--", label="teacher itself")
+    ax.set(xscale="log", xlabel="teacher parameters", ylabel="student VQA accuracy",
+           title="Student quality vs teacher size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--work", default="runs/eval_capacity_gap")
+    ap.add_argument("--output", default="eval/results")
+    args = ap.parse_args(argv)
+    preset = "tiny" if args.quick else "default"
+    study = Study(args.work, preset)
+    methods = ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")]
+    seeds = range(args.seeds or (1 if args.quick else 2))
+    teachers, scores = [], {}
+    for name, spec in TEACHERS[preset]:
+        tdir = study.teacher(f"teacher_{name}", spec)
+        teachers.append({"name": name, **study.evaluate(tdir)})
+        scores[name] = {}
+        for m in methods:
+            runs = [study.student(m, s, tdir, name=f"student_{name}_{m}_s{s}") for s in seeds]
+            (vm, vs), (cm, cs) = mean_spread([r["vqa_accuracy"] for r in runs]), mean_spread([r["cider"] for r in runs])
+            scores[name][m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs}
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {**provenance(argv, "eval/capacity_gap.py"), "preset": preset, "methods": methods,
+              "teachers": teachers, "scores": scores,
+              "param_ratio": max(t["params"] for t in teachers) / min(t["params"] for t in teachers)}
+    (out / "capacity_gap.json").write_text(json.dumps(report, indent=2))
+    rows = ["| teacher | params | teacher VQA | " + " | ".join(f"{m} VQA" for m in methods) + " |",
+            "|---" * (3 + len(methods)) + "|"]
+    for t in teachers:
+        cells = " | ".join(f"{scores[t['name']][m]['vqa_mean']:.1f} ± {scores[t['name']][m]['vqa_sd']:.1f}"
+                           for m in methods)
+        rows.append(f"| {t['name']} | {t['params'] / 1e6:.2f}M | {t['vqa_accuracy']:.1f} | {cells} |")
+    table = "\n".join(rows)
+    (out / "capacity_gap.md").write_text(f"# Capacity gap ({preset} preset)\n\n{report['date']}; "
+                                         f"{report['machine']}\n\n`{report['command']}`\n\n{table}\n")
+    _plot(report, out / "capacity_gap.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""TAID and every baseline on the same data, teacher, budget and seeds (small-scale table 2/3).
+
+    python eval/methods.py                 # full: default preset, 3 seeds, all methods
+    python eval/methods.py --quick         # minutes: tiny preset, 1 seed (used by a test)
+
+Writes ``methods.json``, ``methods.md`` and ``methods.png`` to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from taid_vlm.studies import METHOD_SPECS, Study, mean_spread, provenance
+
+
+def _table(summary: dict[str, dict]) -> str:
+    rows = ["| method | VQA acc (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |", "|---|---|---|---|"]
+    for m, s in sorted(summary.items(), key=lambda kv: -kv[1]["vqa_mean"]):
+        rows.append(f"| {m} | {s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['cider_mean']:.1f} ± "
+                    f"{s['cider_sd']:.1f} | {s['n']} |")
+    return "\n".join(rows)
+
+
+def _plot(summary: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(summary, key=lambda m: -summary[m]["vqa_mean"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key, title in ((axes[0], "vqa", "VQA accuracy"), (axes[1], "cider", "CIDEr x100")):
+        ax.bar(names, [summary[m][f"{key}_mean"] for m in names], yerr=[summary[m][f"{key}_sd"] for m in names],
+               color=["tab:red" if m.startswith("taid") else "tab:blue" for m in names], capsize=3)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny preset, 1 seed")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, quick 1)")
+    ap.add_argument("--methods", default=",".join(METHOD_SPECS))
+    ap.add_argument("--work", default="runs/eval_methods", help="folder for data, teacher and runs")
+    ap.add_argument("--output", default="eval/results")
+    ap.add_argument("--student-steps", type=int, default=None)
+    args = ap.parse_args(argv)
+    study = Study(args.work, "tiny" if args.quick else "default", student_steps=args.student_steps)
+    teacher = study.teacher()
+    seeds = range(args.seeds or (1 if args.quick else 3))
+    rows = [study.student(m, s, teacher) for m in args.methods.split(",") for s in seeds]
+    summary = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        vq = [r["vqa_accuracy"] for r in rows if r["method"] == m]
+        ci = [r["cider"] for r in rows if r["method"] == m]
+        (vm, vs), (cm, cs) = mean_spread(vq), mean_spread(ci)
+        summary[m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "n": len(vq)}
+    teacher_res = study.evaluate(teacher)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {**provenance(argv, "eval/methods.py"), "preset": study.preset_name, "runs": rows,
+              "summary": summary, "teacher": teacher_res}
+    (out / "methods.json").write_text(json.dumps(report, indent=2))
+    table = _table(summary)
+    (out / "methods.md").write_text(f"# Methods ({study.preset_name} preset)\n\n{report['date']}; "
+                                    f"{report['machine']}\n\n`{report['command']}`\n\n{table}\n")
+    _plot(summary, out / "methods.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

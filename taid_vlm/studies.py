@@ -1,0 +1,77 @@
+"""Grids of runs on the synthetic task for the reproduction suites under ``eval/``.
+
+Every run of a study shares the data, the tokenizer and (per size) the teacher; students differ
+only in the method and the seed, with the same steps and batch size — the paper's comparison
+protocol at a scale a CPU can run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from taid_vlm.demo import stage_data, stage_eval, stage_train, train_config
+from taid_vlm.demo_presets import PRESETS
+
+# Study method name -> (loss name, config overrides).
+METHOD_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{m: (m, {}) for m in ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")},
+    "taid_linear": ("taid", {"taid": {"adaptive": False}}),
+}
+
+
+class Study:
+    """One study's working folder: data, tokenizer and teachers made once, then student runs."""
+
+    def __init__(self, work: str | Path, preset: str = "default", data_seed: int = 0,
+                 student_steps: int | None = None) -> None:
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.preset = json.loads(json.dumps(PRESETS[preset]))  # a private copy to adjust
+        if student_steps:
+            self.preset["student_train"]["max_steps"] = student_steps
+        self.preset_name = preset
+        self.paths = stage_data(self.work, self.preset, data_seed)
+
+    def teacher(self, name: str = "teacher", spec: dict | None = None, seed: int = 0) -> Path:
+        """Train (or reuse) an SFT teacher; ``spec`` overrides the preset's architecture."""
+        run = self.work / name
+        cfg = train_config(run, self.paths, spec or self.preset["teacher"], self.preset["teacher_train"],
+                           "sft", seed, None)
+        stage_train(run, cfg, name)
+        return run / "final"
+
+    def evaluate(self, model_dir: Path) -> dict[str, float]:
+        """VQA accuracy and CIDEr (x100) of a saved model, e.g. a teacher."""
+        res = stage_eval(model_dir, self.paths, self.preset, model_dir.parent / "eval.json")
+        return {"vqa_accuracy": res["vqa"]["vqa_accuracy"], "cider": res["caption"]["CIDEr"] * 100,
+                "params": res["params"]}
+
+    def student(self, method: str, seed: int, teacher: Path | None, name: str | None = None,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train and evaluate one student; returns scores, time and the run folder."""
+        if method not in METHOD_SPECS:
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHOD_SPECS)}")
+        loss, extra = METHOD_SPECS[method]
+        run = self.work / (name or f"student_{method}_s{seed}")
+        cfg = train_config(run, self.paths, self.preset["student"], self.preset["student_train"], loss, seed,
+                           None if loss == "sft" else str(teacher), {**extra, **(overrides or {})})
+        seconds = stage_train(run, cfg, run.name)
+        return {"method": method, "seed": seed, "run": str(run), "train_seconds": seconds,
+                **self.evaluate(run / "final")}
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def provenance(argv: list[str], script: str) -> dict[str, str]:
+    """The command, date and machine of a results file."""
+    return {"command": " ".join(["python", script, *argv]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {platform.system()}, python {platform.python_version()}"}

@@ -1,0 +1,52 @@
+"""Fixtures for runs through the CLI: a tiny synthetic set, its tokenizer, a saved tiny teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taid_vlm.demo_presets import _composed
+
+STUDENT = _composed(32, 1, 32, 1, 32, 8, "mlp")
+TEACHER = _composed(48, 1, 64, 1, 32, 8, "mlp")
+
+
+@pytest.fixture(scope="session")
+def run_env(tmp_path_factory) -> dict:
+    """Synthetic data (train/val), tokenizer dir and a saved random-weight composed teacher."""
+    from taid_vlm.adapters import build_adapter
+    from taid_vlm.data.synthetic import generate_synthetic, synthetic_corpus
+    from taid_vlm.data.tokenizer import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("run_env")
+    paths = {k: str(v) for k, v in generate_synthetic(root / "data", seed=0, n_train=24, n_val=8,
+                                                          image_size=32).items()}
+    tok = train_bpe_tokenizer(synthetic_corpus(root / "data"), vocab_size=320)
+    tok.save_pretrained(root / "tokenizer")
+    teacher = build_adapter("composed", config=TEACHER, tokenizer=str(root / "tokenizer"))
+    teacher.save(str(root / "teacher"))
+    paths.update(tokenizer=str(root / "tokenizer"), teacher=str(root / "teacher"), root=str(root))
+    return paths
+
+
+def write_config(path: Path, env: dict, *, loss: str = "taid", **train) -> Path:
+    """A tiny distillation recipe as YAML; ``train`` entries override the train section."""
+    cfg = {
+        "student": {"family": "composed", "config": STUDENT, "tokenizer": env["tokenizer"]},
+        "teacher": {"family": "composed", "path": env["teacher"]},
+        "data": {"train": env["train"], "val": env["train"], "max_length": 128},
+        "loss": {"name": loss},
+        "train": {"output_dir": str(path.parent / "out"), "max_steps": 3, "batch_size": 4, "lr": 1e-3,
+                  "cpu": True, **train},
+        "eval": {"max_batches": 1},
+        "logging": {"tensorboard": False, "progress": False},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
