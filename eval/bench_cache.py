@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/bench_cache")
     ap.add_argument("--output", default="eval/results")
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default")
+    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
     teacher = study.teacher()
     cache_dir = study.work / f"cache_k{args.top_k}"
     t0 = time.perf_counter()

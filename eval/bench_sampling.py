@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/bench_sampling")
     ap.add_argument("--output", default="eval/results")
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default")
+    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
     teacher = study.teacher()
     steps = study.preset["student_train"]["max_steps"]
     results = {}

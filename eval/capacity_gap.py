@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="eval/results")
     args = ap.parse_args(argv)
     preset = "tiny" if args.quick else "default"
-    study = Study(args.work, preset)
+    study = Study(args.work, preset, student_steps=30 if args.quick else None,
+                  teacher_steps=100 if args.quick else None)
     methods = ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")]
     seeds = range(args.seeds or (1 if args.quick else 2))
     teachers, scores = [], {}

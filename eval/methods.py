@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="eval/results")
     ap.add_argument("--student-steps", type=int, default=None)
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default", student_steps=args.student_steps)
+    study = Study(args.work, "tiny" if args.quick else "default",
+                  student_steps=args.student_steps or (30 if args.quick else None))
     teacher = study.teacher()
     seeds = range(args.seeds or (1 if args.quick else 3))
     rows = [study.student(m, s, teacher) for m in args.methods.split(",") for s in seeds]

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="eval/results")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default")
+    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
     teacher = study.teacher()
     grid = GRID[:3] if args.quick else GRID
     runs = []

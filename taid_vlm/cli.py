@@ -26,7 +26,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("config", help="YAML recipe (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 loss.name=fkl")
     parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir) or a folder")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come after --resume
     from taid_vlm.config import ConfigError
     from taid_vlm.config_io import load_config
 

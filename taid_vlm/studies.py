@@ -28,12 +28,14 @@ class Study:
     """One study's working folder: data, tokenizer and teachers made once, then student runs."""
 
     def __init__(self, work: str | Path, preset: str = "default", data_seed: int = 0,
-                 student_steps: int | None = None) -> None:
+                 student_steps: int | None = None, teacher_steps: int | None = None) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.preset = json.loads(json.dumps(PRESETS[preset]))  # a private copy to adjust
         if student_steps:
             self.preset["student_train"]["max_steps"] = student_steps
+        if teacher_steps:  # only teachers trained by this study; an existing one is reused as is
+            self.preset["teacher_train"]["max_steps"] = teacher_steps
         self.preset_name = preset
         self.paths = stage_data(self.work, self.preset, data_seed)
 

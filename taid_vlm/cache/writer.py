@@ -103,7 +103,7 @@ def cache_main(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the resume unit)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage of the log-probs; float32 makes cache training match live exactly")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
     from taid_vlm.config import ConfigError
     from taid_vlm.config_io import load_config
 

@@ -70,7 +70,8 @@ def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, s
 def generate_synthetic(output_dir: str | Path, seed: int = 0, n_train: int = 1000, n_val: int = 100,
                        image_size: int = 64) -> dict[str, Path]:
     """Write the set (see the module docstring); returns ``{"train", "val", "val_vqa",
-    "val_caption", "scenes", "images"}`` -> paths. Deterministic in all arguments."""
+    "val_caption", "scenes", "train_text", "val_text", "images"}`` -> paths (``*_text``: the same
+    questions with the scene described in words instead of shown). Deterministic in all arguments."""
     if n_train < 1 or n_val < 0 or image_size < 16:
         raise ValueError(f"need n_train >= 1, n_val >= 0, image_size >= 16; got {n_train}, {n_val}, {image_size}")
     out = Path(output_dir)
@@ -78,10 +79,12 @@ def generate_synthetic(output_dir: str | Path, seed: int = 0, n_train: int = 100
     scenes: dict[str, Any] = {}
     # Separate streams per split: adding validation images never changes the training set.
     train_rng, val_rng = random.Random(f"taid-synthetic-{seed}-train"), random.Random(f"taid-synthetic-{seed}-val")
-    train = [_llava_record(name, rel, objs, train_rng)
-             for name, rel, objs in _split(out, "train", n_train, train_rng, image_size, scenes)]
+    train_items = _split(out, "train", n_train, train_rng, image_size, scenes)
+    train = [_llava_record(name, rel, objs, train_rng) for name, rel, objs in train_items]
     val_items = _split(out, "val", n_val, val_rng, image_size, scenes)
     val = [_llava_record(name, rel, objs, val_rng) for name, rel, objs in val_items]
+    text = {"train_text": [_text_record(r, it[2]) for r, it in zip(train, train_items)],
+            "val_text": [_text_record(r, it[2]) for r, it in zip(val, val_items)]}
     val_vqa, val_caption = [], []
     for i, (name, rel, objs) in enumerate(val_items):
         kind = QUESTION_TYPES[i % len(QUESTION_TYPES)]  # balanced question types
@@ -89,12 +92,22 @@ def generate_synthetic(output_dir: str | Path, seed: int = 0, n_train: int = 100
         val_vqa.append({"question_id": name, "image": rel, "question": q, "answers": [a] * 10,
                         "question_type": kind})
         val_caption.append({"id": name, "image": rel, "captions": captions(objs)})
-    paths = {k: out / f"{k}.json" for k in ("train", "val", "val_vqa", "val_caption", "scenes")}
+    paths = {k: out / f"{k}.json" for k in ("train", "val", "val_vqa", "val_caption", "scenes", *text)}
     for key, data in (("train", train), ("val", val), ("val_vqa", val_vqa), ("val_caption", val_caption),
-                      ("scenes", scenes)):
+                      ("scenes", scenes), *text.items()):
         _write_json(paths[key], data)
     paths["images"] = out / "images"
     return paths
+
+
+def _text_record(rec: dict[str, Any], objs: list) -> dict[str, Any]:
+    """The text-only twin of a LLaVA record (``messages`` format): the scene is described in
+    words where the image was, so a text LM can be distilled on the same questions."""
+    messages = []
+    for turn in rec["conversations"]:
+        text = turn["value"].replace("<image>", captions(objs)[0])
+        messages.append({"role": "user" if turn["from"] == "human" else "assistant", "content": text})
+    return {"id": rec["id"], "messages": messages}
 
 
 def synthetic_corpus(data_dir: str | Path) -> list[str]:
@@ -123,12 +136,20 @@ def main_make_synthetic(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=1000, help="training images")
     parser.add_argument("--n-val", type=int, default=100, help="validation images")
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels")
+    parser.add_argument("--tokenizer-vocab", type=int, default=512,
+                        help="also train a BPE tokenizer on the set's text into DIR/tokenizer (0: don't)")
     args = parser.parse_args(argv)
     try:
         paths = generate_synthetic(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                                    image_size=args.image_size)
     except ValueError as err:
         parser.error(str(err))
+    if args.tokenizer_vocab:
+        from taid_vlm.data.tokenizer import train_bpe_tokenizer
+
+        paths["tokenizer"] = Path(args.output) / "tokenizer"
+        train_bpe_tokenizer(synthetic_corpus(args.output), vocab_size=args.tokenizer_vocab).save_pretrained(
+            paths["tokenizer"])
     for key, p in paths.items():
         print(f"{key}: {p}")
     return 0

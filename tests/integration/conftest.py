@@ -50,3 +50,13 @@ def write_config(path: Path, env: dict, *, loss: str = "taid", **train) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="session")
+def demo_tiny(tmp_path_factory) -> Path:
+    """One run of ``taid-vlm demo --preset tiny``; the eval/ quick suites reuse its data and teacher."""
+    from taid_vlm.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo_tiny"
+    assert main(["demo", "--preset", "tiny", "--output", str(out)]) == 0
+    return out

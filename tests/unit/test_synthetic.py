@@ -34,10 +34,24 @@ def test_same_seed_same_bytes_other_seed_differs(synth, tmp_path):
     again = generate_synthetic(tmp_path / "a", seed=0, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE)
     other = generate_synthetic(tmp_path / "b", seed=1, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE)
     d0, d1, d2 = digest(out), digest(tmp_path / "a"), digest(tmp_path / "b")
-    assert d0 == d1 and len(d0) == N_TRAIN + N_VAL + 5
+    assert d0 == d1 and len(d0) == N_TRAIN + N_VAL + 7
     assert d2["train.json"] != d0["train.json"]
     assert sum(d2[k] != d0[k] for k in d0 if k.endswith(".png")) > (N_TRAIN + N_VAL) // 2
-    assert set(paths) == set(again) == set(other) == {"train", "val", "val_vqa", "val_caption", "scenes", "images"}
+    assert set(paths) == set(again) == set(other) == {"train", "val", "val_vqa", "val_caption", "scenes",
+                                                         "train_text", "val_text", "images"}
+
+
+def test_text_variant_describes_the_scene_in_words(synth):
+    out, _ = synth
+    train = json.loads((out / "train.json").read_text())
+    text = json.loads((out / "train_text.json").read_text())
+    assert [r["id"] for r in text] == [r["id"] for r in train]
+    for llava, plain in zip(train, text):
+        msgs = plain["messages"]
+        assert [m["role"] for m in msgs] == ["user" if t["from"] == "human" else "assistant"
+                                             for t in llava["conversations"]]
+        assert "<image>" not in msgs[0]["content"] and len(msgs[0]["content"]) > len(llava["conversations"][0]["value"])
+        assert [m["content"] for m in msgs[1:]] == [t["value"] for t in llava["conversations"][1:]]
 
 
 def expected_answer(question: str, objs: list[dict]) -> str:

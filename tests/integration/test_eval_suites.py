@@ -1,0 +1,62 @@
+"""The eval/ suites in --quick mode, reusing the tiny demo's data and teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+EVAL = Path(__file__).resolve().parents[2] / "eval"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", EVAL / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(name: str, work: Path, out: Path, *extra: str) -> dict:
+    assert _script(name).main(["--quick", "--work", str(work), "--output", str(out), *extra]) == 0
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_methods_quick(demo_tiny, tmp_path):
+    rep = _run("methods", demo_tiny, tmp_path, "--methods", "sft,fkl,taid,taid_linear")
+    assert set(rep["summary"]) == {"sft", "fkl", "taid", "taid_linear"}
+    assert all(0 <= s["vqa_mean"] <= 100 for s in rep["summary"].values())
+    assert (tmp_path / "methods.png").is_file() and "| method |" in (tmp_path / "methods.md").read_text()
+    assert rep["command"].startswith("python eval/methods.py") and rep["machine"]
+
+
+def test_t_schedule_quick(demo_tiny, tmp_path):
+    rep = _run("t_schedule", demo_tiny, tmp_path)
+    linear, *adaptive = rep["runs"]
+    assert linear["adaptive"] is False and all(r["adaptive"] for r in adaptive)
+    # The adaptive update can only move t above the linear floor, never below it.
+    for r in adaptive:
+        assert all(a >= b - 1e-12 for a, b in zip(r["t"], linear["t"]))
+    assert (tmp_path / "t_schedule.png").is_file()
+
+
+@pytest.mark.slow
+def test_capacity_gap_quick(demo_tiny, tmp_path):
+    rep = _run("capacity_gap", demo_tiny, tmp_path, "--seeds", "1")
+    assert rep["param_ratio"] >= 10
+    assert [t["name"] for t in rep["teachers"]] == ["S", "M", "L"]
+    assert set(rep["scores"]["L"]) == set(rep["methods"]) and "taid" in rep["methods"]
+
+
+def test_bench_cache_quick(demo_tiny, tmp_path):
+    rep = _run("bench_cache", demo_tiny, tmp_path)
+    assert rep["bytes_per_response_token"] <= 400
+    assert rep["response_tokens"] > 0 and rep["step_seconds_cached"] > 0
+
+
+def test_bench_sampling_quick(demo_tiny, tmp_path):
+    rep = _run("bench_sampling", demo_tiny, tmp_path)
+    modes = rep["modes"]
+    assert set(modes) == {"none", "mixed", "adaptive"}
+    assert modes["none"]["generation_seconds"] == 0 and modes["mixed"]["generation_seconds"] > 0
