@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from taid_vlm.demo_presets import _composed
-from taid_vlm.studies import Study, mean_spread, provenance
+from taid_vlm.studies import Study, mean_spread, provenance, write_study
 
-TEACHERS = {  # name -> composed spec per preset (image size and patch as the preset's)
-    "default": [("S", _composed(96, 2, 96, 2, 48, 6, "pixel_shuffle_mlp")),
-                ("M", _composed(192, 4, 256, 4, 48, 6, "pixel_shuffle_mlp")),
-                ("L", _composed(256, 6, 384, 6, 48, 6, "pixel_shuffle_mlp"))],
+TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher
+    "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),
+                ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
+                ("L", _composed(192, 4, 256, 4, 32, 8, "mlp"))],
     "tiny": [("S", _composed(48, 1, 48, 1, 32, 8, "mlp")),
              ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
              ("L", _composed(160, 3, 256, 3, 32, 8, "mlp"))],
@@ -78,23 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             runs = [study.student(m, s, tdir, name=f"student_{name}_{m}_s{s}") for s in seeds]
             (vm, vs), (cm, cs) = mean_spread([r["vqa_accuracy"] for r in runs]), mean_spread([r["cider"] for r in runs])
             scores[name][m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     report = {**provenance(argv, "eval/capacity_gap.py"), "preset": preset, "methods": methods,
               "teachers": teachers, "scores": scores,
               "param_ratio": max(t["params"] for t in teachers) / min(t["params"] for t in teachers)}
-    (out / "capacity_gap.json").write_text(json.dumps(report, indent=2))
     rows = ["| teacher | params | teacher VQA | " + " | ".join(f"{m} VQA" for m in methods) + " |",
             "|---" * (3 + len(methods)) + "|"]
     for t in teachers:
         cells = " | ".join(f"{scores[t['name']][m]['vqa_mean']:.1f} ± {scores[t['name']][m]['vqa_sd']:.1f}"
                            for m in methods)
         rows.append(f"| {t['name']} | {t['params'] / 1e6:.2f}M | {t['vqa_accuracy']:.1f} | {cells} |")
-    table = "\n".join(rows)
-    (out / "capacity_gap.md").write_text(f"# Capacity gap ({preset} preset)\n\n{report['date']}; "
-                                         f"{report['machine']}\n\n`{report['command']}`\n\n{table}\n")
+    out = write_study(args.output, "capacity_gap", f"Capacity gap ({preset} preset)", report, "\n".join(rows))
     _plot(report, out / "capacity_gap.png")
-    print(table)
     return 0
 
 

@@ -9,11 +9,10 @@ Writes ``methods.json``, ``methods.md`` and ``methods.png`` to --output.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import METHOD_SPECS, Study, mean_spread, provenance
+from taid_vlm.studies import METHOD_SPECS, Study, mean_spread, provenance, write_study
 
 
 def _table(summary: dict[str, dict]) -> str:
@@ -64,16 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         (vm, vs), (cm, cs) = mean_spread(vq), mean_spread(ci)
         summary[m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "n": len(vq)}
     teacher_res = study.evaluate(teacher)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     report = {**provenance(argv, "eval/methods.py"), "preset": study.preset_name, "runs": rows,
               "summary": summary, "teacher": teacher_res}
-    (out / "methods.json").write_text(json.dumps(report, indent=2))
-    table = _table(summary)
-    (out / "methods.md").write_text(f"# Methods ({study.preset_name} preset)\n\n{report['date']}; "
-                                    f"{report['machine']}\n\n`{report['command']}`\n\n{table}\n")
+    out = write_study(args.output, "methods", f"Methods ({study.preset_name} preset)", report, _table(summary))
     _plot(summary, out / "methods.png")
-    print(table)
     return 0
 
 

@@ -9,11 +9,10 @@ Writes ``t_schedule.json``, ``t_schedule.md`` and ``t_schedule.png`` to --output
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import Study, provenance
+from taid_vlm.studies import Study, provenance, write_study
 from taid_vlm.train_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
@@ -60,19 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         log = read_log(Path(res["run"]) / "logs" / "train.jsonl")
         runs.append({**res, "name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive,
                      "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}
-    (out / "t_schedule.json").write_text(json.dumps(report, indent=2))
     rows = ["| schedule | final t | t at 25% | VQA acc | CIDEr x100 |", "|---|---|---|---|---|"]
     for r in runs:
         q = r["t"][len(r["t"]) // 4]
         rows.append(f"| {r['name']} | {r['t'][-1]:.3f} | {q:.3f} | {r['vqa_accuracy']:.1f} | {r['cider']:.1f} |")
-    table = "\n".join(rows)
-    (out / "t_schedule.md").write_text(f"# TAID schedule ({study.preset_name} preset)\n\n{report['date']}; "
-                                       f"{report['machine']}\n\n`{report['command']}`\n\n{table}\n")
+    out = write_study(args.output, "t_schedule", f"TAID schedule ({study.preset_name} preset)", report,
+                      "\n".join(rows))
     _plot(runs, out / "t_schedule.png")
-    print(table)
     return 0
 
 

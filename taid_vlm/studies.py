@@ -77,3 +77,15 @@ def provenance(argv: list[str], script: str) -> dict[str, str]:
     return {"command": " ".join(["python", script, *argv]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {platform.system()}, python {platform.python_version()}"}
+
+
+def write_study(out: str | Path, name: str, title: str, report: dict[str, Any], table: str) -> Path:
+    """Write ``NAME.json`` (the report) and ``NAME.md`` (title, provenance, table) under ``out``;
+    returns ``out`` (the caller adds ``NAME.png``) and prints the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{name}.md").write_text(f"# {title}\n\n{report['date']}; {report['machine']}\n\n"
+                                    f"`{report['command']}`\n\n{table}\n")
+    print(table)
+    return out
