@@ -9,7 +9,6 @@ same data, steps and seed; the only difference is where the teacher distribution
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from taid_vlm.cache import cache_teacher
 from taid_vlm.config_io import config_from_dict
 from taid_vlm.demo import train_config
-from taid_vlm.studies import Study, provenance
+from taid_vlm.studies import open_study, provenance, study_parser
 from taid_vlm.train_log import read_log
 
 
@@ -37,13 +36,10 @@ def _response_tokens(cache_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = study_parser(__doc__, "runs/bench_cache")
     ap.add_argument("--top-k", type=int, default=64)
-    ap.add_argument("--work", default="runs/bench_cache")
-    ap.add_argument("--output", default="eval/results")
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
+    study = open_study(args)
     teacher = study.teacher()
     cache_dir = study.work / f"cache_k{args.top_k}"
     t0 = time.perf_counter()

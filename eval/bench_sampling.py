@@ -9,13 +9,12 @@ generating, and the final scores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import Study, provenance
+from taid_vlm.studies import open_study, provenance, study_parser
 from taid_vlm.train_log import read_log
 
 MODES = {
@@ -27,12 +26,9 @@ MODES = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--work", default="runs/bench_sampling")
-    ap.add_argument("--output", default="eval/results")
+    ap = study_parser(__doc__, "runs/bench_sampling")
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
+    study = open_study(args)
     teacher = study.teacher()
     steps = study.preset["student_train"]["max_steps"]
     results = {}

@@ -9,13 +9,12 @@ baselines they stall or degrade. Writes ``capacity_gap.json/.md/.png`` to --outp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from taid_vlm.demo_presets import _composed
-from taid_vlm.studies import Study, mean_spread, provenance, write_study
+from taid_vlm.studies import mean_spread, open_study, provenance, study_parser, write_study
 
 TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher
     "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),
@@ -58,15 +57,11 @@ def _plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = study_parser(__doc__, "runs/eval_capacity_gap")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--work", default="runs/eval_capacity_gap")
-    ap.add_argument("--output", default="eval/results")
     args = ap.parse_args(argv)
-    preset = "tiny" if args.quick else "default"
-    study = Study(args.work, preset, student_steps=30 if args.quick else None,
-                  teacher_steps=100 if args.quick else None)
+    study = open_study(args, teacher_steps=100 if args.quick else None)
+    preset = study.preset_name
     methods = ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")]
     seeds = range(args.seeds or (1 if args.quick else 2))
     teachers, scores = [], {}

@@ -8,11 +8,10 @@ Writes ``methods.json``, ``methods.md`` and ``methods.png`` to --output.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import METHOD_SPECS, Study, mean_spread, provenance, write_study
+from taid_vlm.studies import METHOD_SPECS, mean_spread, open_study, provenance, study_parser, write_study
 
 
 def _table(summary: dict[str, dict]) -> str:
@@ -43,16 +42,12 @@ def _plot(summary: dict[str, dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny preset, 1 seed")
+    ap = study_parser(__doc__, "runs/eval_methods")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, quick 1)")
     ap.add_argument("--methods", default=",".join(METHOD_SPECS))
-    ap.add_argument("--work", default="runs/eval_methods", help="folder for data, teacher and runs")
-    ap.add_argument("--output", default="eval/results")
     ap.add_argument("--student-steps", type=int, default=None)
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default",
-                  student_steps=args.student_steps or (30 if args.quick else None))
+    study = open_study(args, student_steps=args.student_steps)
     teacher = study.teacher()
     seeds = range(args.seeds or (1 if args.quick else 3))
     rows = [study.student(m, s, teacher) for m in args.methods.split(",") for s in seeds]

@@ -8,11 +8,10 @@ Writes ``t_schedule.json``, ``t_schedule.md`` and ``t_schedule.png`` to --output
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import Study, provenance, write_study
+from taid_vlm.studies import open_study, provenance, study_parser, write_study
 from taid_vlm.train_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
@@ -43,13 +42,10 @@ def _plot(runs: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--work", default="runs/eval_t_schedule")
-    ap.add_argument("--output", default="eval/results")
+    ap = study_parser(__doc__, "runs/eval_t_schedule")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    study = Study(args.work, "tiny" if args.quick else "default", student_steps=30 if args.quick else None)
+    study = open_study(args)
     teacher = study.teacher()
     grid = GRID[:3] if args.quick else GRID
     runs = []

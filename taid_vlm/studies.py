@@ -7,6 +7,7 @@ protocol at a scale a CPU can run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -22,6 +23,27 @@ METHOD_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     **{m: (m, {}) for m in ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")},
     "taid_linear": ("taid", {"taid": {"adaptive": False}}),
 }
+
+
+QUICK_STUDENT_STEPS = 30  # --quick: enough to exercise a script end to end, as the tests do
+
+
+def study_parser(doc: str, work: str) -> argparse.ArgumentParser:
+    """The options every eval/ script shares: --quick, --work, --output."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny preset and short student runs (the tests use it)")
+    ap.add_argument("--work", default=work, help="folder for data, teachers and runs (reused when present)")
+    ap.add_argument("--output", default="eval/results", help="where the JSON / Markdown / PNG go")
+    return ap
+
+
+def open_study(args: argparse.Namespace, student_steps: int | None = None,
+               teacher_steps: int | None = None) -> Study:
+    """The Study of a script's parsed options: tiny preset and short students with --quick."""
+    quick = args.quick
+    return Study(args.work, "tiny" if quick else "default",
+                 student_steps=student_steps or (QUICK_STUDENT_STEPS if quick else None),
+                 teacher_steps=teacher_steps)
 
 
 class Study:

@@ -53,9 +53,7 @@ class Trainer:
         sync = contextlib.nullcontext() if last else acc.no_sync(p.student_module)
         with sync, acc.autocast():
             if batch is None or batch.get("student") is None:
-                # Nothing usable in this micro-batch: a zero loss still joins the DDP gradient sync.
-                zero = sum(q.sum() * 0.0 for q in p.student_module.parameters() if q.requires_grad)
-                acc.backward(zero)
+                self._zero_backward()  # nothing usable in this micro-batch
                 return torch.zeros(4, device=acc.device)
             s = p.student_module(batch["student"])
             t, t_logits = teacher_side(p, s, batch)
@@ -65,15 +63,20 @@ class Trainer:
                     chunk_size=self.cfg.loss.chunk_size, teacher_logits=t_logits,
                 )
             except NonFiniteError:
-                # Diverged logits: this step is skipped (counted), but every rank still joins the sync.
-                zero = sum(q.sum() * 0.0 for q in p.student_module.parameters() if q.requires_grad)
-                acc.backward(zero + s.hidden.sum() * 0.0)
+                # Diverged logits: this step is skipped (counted as non-finite).
+                self._zero_backward(s.hidden.sum() * 0.0)
                 return torch.full((4,), float("nan"), device=acc.device)
             if p.signal_key and p.signal_key in out:
                 out["taid_signal"] = out[p.signal_key]
             # Sum over tokens / tokens of the whole step; x world size because DDP averages grads.
             acc.backward(out["loss"] * acc.num_processes / n_global)
         return _sum_losses(out, acc.device)
+
+    def _zero_backward(self, extra: torch.Tensor | float = 0.0) -> None:
+        """Backward of a zero loss over every trainable parameter, so this rank still joins the DDP
+        gradient sync of a micro-batch that contributes nothing."""
+        params = (q for q in self.parts.student_module.parameters() if q.requires_grad)
+        self.acc.backward(sum(q.sum() * 0.0 for q in params) + extra)
 
     def _next_micro_batches(self, it: Any) -> list:
         p, ga = self.parts, self.cfg.train.grad_accum

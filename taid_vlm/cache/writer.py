@@ -7,6 +7,7 @@ Batched, resumable (a shard that exists is not recomputed) and multi-process und
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,8 @@ def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: i
             rh = teacher.response_hidden(batch["student"])
         for start in range(0, rh.hidden.shape[0], chunk):  # bounded [chunk, V] logits at a time
             sl = slice(start, start + chunk)
-            part = type(rh)(rh.hidden[sl], rh.weight, rh.targets[sl], rh.sample_index[sl], rh.bias,
-                            rh.logit_softcap, rh.logit_scale)
+            part = dataclasses.replace(rh, hidden=rh.hidden[sl], targets=rh.targets[sl],
+                                       sample_index=rh.sample_index[sl])
             for key, v in topk_rows(part.logits(), k, dtype).items():
                 parts[key].append(v.cpu())
         parts["targets"].append(rh.targets.to(torch.int32).cpu())
