@@ -67,20 +67,28 @@ def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: s
 
 
 def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
-    """Train one model unless its final checkpoint exists; returns the train time in seconds."""
-    from taid_vlm.config_io import config_from_dict
+    """Train one model unless a finished run of the same config exists; returns the train time in
+    seconds. A folder holding an unfinished run, or a run of another config, is trained afresh."""
+    import yaml
+
+    from taid_vlm.config_io import config_from_dict, config_to_dict
+    from taid_vlm.run_setup import RUN_MARKER
     from taid_vlm.trainer import train
 
+    cfg = config_from_dict(cfg_dict)
     done = run_dir / "final" / "metrics.json"
     timing = run_dir / "train_time.json"
-    if done.is_file() and timing.is_file():
-        _log(f"{label}: reusing {run_dir / 'final'}")
-        return json.loads(timing.read_text())["seconds"]
+    marker = run_dir / RUN_MARKER
+    if done.is_file() and timing.is_file() and marker.is_file():
+        if yaml.safe_load(marker.read_text()) == config_to_dict(cfg):
+            _log(f"{label}: reusing {run_dir / 'final'}")
+            return json.loads(timing.read_text())["seconds"]
+        _log(f"{label}: {run_dir} holds a run of another config; training again")
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished earlier attempt
+        shutil.rmtree(run_dir)  # an unfinished or different earlier run
     _log(f"{label}: training ({cfg_dict['loss']['name']}, {cfg_dict['train']['max_steps']} steps)")
     t0 = time.time()
-    train(config_from_dict(cfg_dict))
+    train(cfg)
     seconds = time.time() - t0
     timing.write_text(json.dumps({"seconds": seconds}))
     return seconds
