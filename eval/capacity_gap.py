@@ -16,7 +16,7 @@ from pathlib import Path
 from taid_vlm.demo_presets import _composed
 from taid_vlm.studies import mean_spread, open_study, provenance, study_parser, write_study
 
-TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher
+TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher (same spec)
     "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),
                 ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
                 ("L", _composed(192, 4, 256, 4, 32, 8, "mlp"))],
@@ -45,7 +45,9 @@ def _plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = [t["params"] for t in report["teachers"]]
     for m in report["methods"]:
-        ax.plot(sizes, [report["scores"][t["name"]][m]["vqa_mean"] for t in report["teachers"]], "o-", label=m)
+        cells = [report["scores"][t["name"]][m] for t in report["teachers"]]
+        ax.errorbar(sizes, [c["vqa_mean"] for c in cells], yerr=[c["vqa_sd"] for c in cells], fmt="o-",
+                    capsize=3, label=m)
     ax.plot(sizes, [t["vqa_accuracy"] for t in report["teachers"]], "k--", label="teacher itself")
     ax.set(xscale="log", xlabel="teacher parameters", ylabel="student VQA accuracy",
            title="Student quality vs teacher size")
@@ -58,19 +60,29 @@ def _plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = study_parser(__doc__, "runs/eval_capacity_gap")
-    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 2, quick 1)")
+    ap.add_argument("--methods", default=None,
+                    help="comma list (default: taid, fkl and the best other baseline of methods.json)")
+    ap.add_argument("--teachers", default=None, help="comma list of teacher names to run (default all)")
     args = ap.parse_args(argv)
     study = open_study(args, teacher_steps=100 if args.quick else None)
     preset = study.preset_name
-    methods = ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")]
+    methods = (args.methods.split(",") if args.methods
+               else ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")])
     seeds = range(args.seeds or (1 if args.quick else 2))
+    wanted = args.teachers.split(",") if args.teachers else [n for n, _ in TEACHERS[preset]]
     teachers, scores = [], {}
     for name, spec in TEACHERS[preset]:
-        tdir = study.teacher(f"teacher_{name}", spec)
+        if name not in wanted:
+            continue
+        # "M" is the preset's teacher: its runs carry eval/methods.py's names, so a --work folder
+        # shared with methods.py reuses those students instead of training them again.
+        own = name == "M" and spec == study.preset["teacher"]
+        tdir = study.teacher("teacher" if own else f"teacher_{name}", spec)
         teachers.append({"name": name, **study.evaluate(tdir)})
         scores[name] = {}
         for m in methods:
-            runs = [study.student(m, s, tdir, name=f"student_{name}_{m}_s{s}") for s in seeds]
+            runs = [study.student(m, s, tdir, name=None if own else f"student_{name}_{m}_s{s}") for s in seeds]
             (vm, vs), (cm, cs) = mean_spread([r["vqa_accuracy"] for r in runs]), mean_spread([r["cider"] for r in runs])
             scores[name][m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs}
     report = {**provenance(argv, "eval/capacity_gap.py"), "preset": preset, "methods": methods,

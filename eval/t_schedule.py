@@ -1,6 +1,6 @@
 """TAID's t over training for several alpha / t_start values, and adaptive vs linear on the score.
 
-    python eval/t_schedule.py            # default preset
+    python eval/t_schedule.py            # default preset, 2 seeds per schedule
     python eval/t_schedule.py --quick    # tiny preset (used by a test)
 
 Writes ``t_schedule.json``, ``t_schedule.md`` and ``t_schedule.png`` to --output.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import open_study, provenance, study_parser, write_study
+from taid_vlm.config import TAIDConfig
+from taid_vlm.studies import mean_spread, open_study, provenance, study_parser, write_study
 from taid_vlm.train_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
@@ -30,36 +31,57 @@ def _plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
     for r in runs:
-        ax.plot(r["steps"], r["t"], label=f"{r['name']} (VQA {r['vqa_accuracy']:.1f})")
-    ax.set(xlabel="optimizer step", ylabel="t", title="TAID interpolation parameter t", ylim=(0, 1.02))
+        ax.plot(r["steps"], r["t"], label=r["name"])
+    ax.set(xlabel="optimizer step", ylabel="t", title="TAID interpolation parameter t (seed 0)", ylim=(0, 1.02))
     ax.legend(fontsize=8)
+    bx.barh([r["name"] for r in runs], [r["vqa_mean"] for r in runs], xerr=[r["vqa_sd"] for r in runs],
+            color=["tab:gray" if not r["adaptive"] else "tab:red" for r in runs], capsize=3)
+    bx.set(xlabel="student VQA accuracy (mean ± sd over seeds)")
+    bx.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _run_name(t0: float, alpha: float, adaptive: bool, seed: int) -> str | None:
+    """Rows with TAID's default t_start/alpha are eval/methods.py's taid / taid_linear runs (None
+    keeps their names, so a shared --work folder reuses them); the others get their own folder."""
+    default = TAIDConfig()
+    if (t0, alpha) == (default.t_start, default.alpha):
+        return None
+    return f"student_taid_t{t0}_a{alpha:g}{'' if adaptive else '_linear'}_s{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = study_parser(__doc__, "runs/eval_t_schedule")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per schedule (default 2, quick 1)")
     args = ap.parse_args(argv)
     study = open_study(args)
     teacher = study.teacher()
     grid = GRID[:3] if args.quick else GRID
+    seeds = range(args.seeds or (1 if args.quick else 2))
     runs = []
-    for i, (name, t0, alpha, adaptive) in enumerate(grid):
-        res = study.student("taid", args.seed, teacher, name=f"taid_{i}",
-                            overrides={"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}})
-        log = read_log(Path(res["run"]) / "logs" / "train.jsonl")
-        runs.append({**res, "name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive,
+    for name, t0, alpha, adaptive in grid:
+        per_seed = [study.student("taid" if adaptive else "taid_linear", s, teacher,
+                                  name=_run_name(t0, alpha, adaptive, s),
+                                  overrides={"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}})
+                    for s in seeds]
+        log = read_log(Path(per_seed[0]["run"]) / "logs" / "train.jsonl")
+        (vm, vs), (cm, cs) = (mean_spread([r["vqa_accuracy"] for r in per_seed]),
+                              mean_spread([r["cider"] for r in per_seed]))
+        runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
+                     "vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs,
                      "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}
-    rows = ["| schedule | final t | t at 25% | VQA acc | CIDEr x100 |", "|---|---|---|---|---|"]
+    rows = ["| schedule | t at 25% | t at 50% | final t | VQA acc (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
+            "|---|---|---|---|---|---|---|"]
     for r in runs:
-        q = r["t"][len(r["t"]) // 4]
-        rows.append(f"| {r['name']} | {r['t'][-1]:.3f} | {q:.3f} | {r['vqa_accuracy']:.1f} | {r['cider']:.1f} |")
+        q, h = r["t"][len(r["t"]) // 4], r["t"][len(r["t"]) // 2]
+        rows.append(f"| {r['name']} | {q:.3f} | {h:.3f} | {r['t'][-1]:.3f} | {r['vqa_mean']:.1f} ± {r['vqa_sd']:.1f} "
+                    f"| {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {len(r['seeds'])} |")
     out = write_study(args.output, "t_schedule", f"TAID schedule ({study.preset_name} preset)", report,
                       "\n".join(rows))
     _plot(runs, out / "t_schedule.png")

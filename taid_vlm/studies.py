@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -95,10 +96,15 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def provenance(argv: list[str], script: str) -> dict[str, str]:
-    """The command, date and machine of a results file."""
+    """The command, date and machine of a results file (thread count included: it changes the
+    floating-point order, hence the runs' numbers)."""
+    import torch
+
     return {"command": " ".join(["python", script, *argv]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {platform.system()}, python {platform.python_version()}"}
+            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} cores, "
+                       f"python {platform.python_version()}, torch {torch.__version__} "
+                       f"({torch.get_num_threads()} threads)"}
 
 
 def write_study(out: str | Path, name: str, title: str, report: dict[str, Any], table: str) -> Path:

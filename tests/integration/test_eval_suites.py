@@ -60,3 +60,21 @@ def test_bench_sampling_quick(demo_tiny, tmp_path):
     modes = rep["modes"]
     assert set(modes) == {"none", "mixed", "adaptive"}
     assert modes["none"]["generation_seconds"] == 0 and modes["mixed"]["generation_seconds"] > 0
+
+
+def test_study_reuses_a_run_only_for_the_same_config(demo_tiny, capsys):
+    from taid_vlm.studies import Study
+    from taid_vlm.train_log import read_log
+
+    def probe(steps: int) -> dict:
+        return Study(demo_tiny, "tiny", student_steps=steps).student("sft", 0, None, name="reuse_probe")
+
+    first = probe(4)
+    weights = Path(first["run"]) / "final" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert probe(4)["vqa_accuracy"] == first["vqa_accuracy"]
+    assert "reuse_probe: reusing" in capsys.readouterr().out and weights.stat().st_mtime_ns == stamp
+    # Same folder, other config: the stale run must not be taken for the new one.
+    probe(6)
+    assert "holds a run of another config" in capsys.readouterr().out
+    assert read_log(Path(first["run"]) / "logs" / "train.jsonl")[-1]["step"] == 6
