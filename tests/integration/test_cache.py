@@ -33,9 +33,14 @@ def test_training_from_full_cache_equals_live_teacher(tmp_path, run_env, cached)
     assert main(["train", str(from_cache), f"teacher.cache={cache_dir}"]) == 0
     a, b = read_jsonl(live_dir / "out/logs/train.jsonl"), read_jsonl(cache_run / "out/logs/train.jsonl")
     assert [r["distil_loss"] for r in b] == pytest.approx([r["distil_loss"] for r in a], rel=1e-5)
+    assert [r["grad_norm"] for r in b] == pytest.approx([r["grad_norm"] for r in a], rel=1e-4)
     wa = load_file(str(live_dir / "out/final/model.safetensors"))
     wb = load_file(str(cache_run / "out/final/model.safetensors"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # AdamW scales each element's step to about lr whatever its gradient's size, so an element whose
+    # gradient is ~0 can step +lr in one run and -lr in the other from float noise alone (the cache
+    # path computes the teacher's log-probs in another order). Nearly all elements must agree.
+    off = sum(int(((wa[k] - wb[k]).abs() > 1e-5).sum()) for k in wa)
+    assert off <= 1e-3 * sum(w.numel() for w in wa.values())
 
 
 def test_cache_for_other_settings_is_refused(tmp_path, run_env, cached, capsys):
