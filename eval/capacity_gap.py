@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from taid_vlm.demo_presets import _composed
-from taid_vlm.studies import mean_spread, open_study, provenance, study_parser, write_study
+from taid_vlm.studies import open_study, provenance, score_summary, study_parser, write_study
 
 TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher (same spec)
     "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),
@@ -75,16 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in TEACHERS[preset]:
         if name not in wanted:
             continue
-        # "M" is the preset's teacher: its runs carry eval/methods.py's names, so a --work folder
+        # The preset's own teacher ("M"): its runs carry eval/methods.py's names, so a --work folder
         # shared with methods.py reuses those students instead of training them again.
-        own = name == "M" and spec == study.preset["teacher"]
+        own = spec == study.preset["teacher"]
         tdir = study.teacher("teacher" if own else f"teacher_{name}", spec)
         teachers.append({"name": name, **study.evaluate(tdir)})
         scores[name] = {}
         for m in methods:
             runs = [study.student(m, s, tdir, name=None if own else f"student_{name}_{m}_s{s}") for s in seeds]
-            (vm, vs), (cm, cs) = mean_spread([r["vqa_accuracy"] for r in runs]), mean_spread([r["cider"] for r in runs])
-            scores[name][m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs}
+            scores[name][m] = score_summary(runs)
     report = {**provenance(argv, "eval/capacity_gap.py"), "preset": preset, "methods": methods,
               "teachers": teachers, "scores": scores,
               "param_ratio": max(t["params"] for t in teachers) / min(t["params"] for t in teachers)}

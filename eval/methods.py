@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import METHOD_SPECS, mean_spread, open_study, provenance, study_parser, write_study
+from taid_vlm.studies import METHOD_SPECS, open_study, provenance, score_summary, study_parser, write_study
 
 
 def _table(summary: dict[str, dict]) -> str:
@@ -51,12 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = study.teacher()
     seeds = range(args.seeds or (1 if args.quick else 3))
     rows = [study.student(m, s, teacher) for m in args.methods.split(",") for s in seeds]
-    summary = {}
-    for m in dict.fromkeys(r["method"] for r in rows):
-        vq = [r["vqa_accuracy"] for r in rows if r["method"] == m]
-        ci = [r["cider"] for r in rows if r["method"] == m]
-        (vm, vs), (cm, cs) = mean_spread(vq), mean_spread(ci)
-        summary[m] = {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "n": len(vq)}
+    summary = {m: score_summary([r for r in rows if r["method"] == m])
+               for m in dict.fromkeys(r["method"] for r in rows)}
     teacher_res = study.evaluate(teacher)
     report = {**provenance(argv, "eval/methods.py"), "preset": study.preset_name, "runs": rows,
               "summary": summary, "teacher": teacher_res}

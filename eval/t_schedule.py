@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from taid_vlm.config import TAIDConfig
-from taid_vlm.studies import mean_spread, open_study, provenance, study_parser, write_study
+from taid_vlm.studies import open_study, provenance, score_summary, study_parser, write_study
 from taid_vlm.train_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
@@ -70,18 +70,15 @@ def main(argv: list[str] | None = None) -> int:
                                   overrides={"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}})
                     for s in seeds]
         log = read_log(Path(per_seed[0]["run"]) / "logs" / "train.jsonl")
-        (vm, vs), (cm, cs) = (mean_spread([r["vqa_accuracy"] for r in per_seed]),
-                              mean_spread([r["cider"] for r in per_seed]))
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
-                     "vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs,
-                     "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
+                     **score_summary(per_seed), "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}
     rows = ["| schedule | t at 25% | t at 50% | final t | VQA acc (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
             "|---|---|---|---|---|---|---|"]
     for r in runs:
         q, h = r["t"][len(r["t"]) // 4], r["t"][len(r["t"]) // 2]
         rows.append(f"| {r['name']} | {q:.3f} | {h:.3f} | {r['t'][-1]:.3f} | {r['vqa_mean']:.1f} ± {r['vqa_sd']:.1f} "
-                    f"| {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {len(r['seeds'])} |")
+                    f"| {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {r['n']} |")
     out = write_study(args.output, "t_schedule", f"TAID schedule ({study.preset_name} preset)", report,
                       "\n".join(rows))
     _plot(runs, out / "t_schedule.png")

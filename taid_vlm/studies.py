@@ -95,6 +95,14 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and sd of VQA accuracy and CIDEr over runs of one cell (e.g. the seeds of a method):
+    ``vqa_mean``, ``vqa_sd``, ``cider_mean``, ``cider_sd`` and ``n``."""
+    (vm, vs), (cm, cs) = (mean_spread([r["vqa_accuracy"] for r in runs]),
+                          mean_spread([r["cider"] for r in runs]))
+    return {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "n": len(runs)}
+
+
 def provenance(argv: list[str], script: str) -> dict[str, str]:
     """The command, date and machine of a results file (thread count included: it changes the
     floating-point order, hence the runs' numbers)."""
