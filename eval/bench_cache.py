@@ -17,9 +17,9 @@ from pathlib import Path
 
 from taid_vlm.cache import cache_teacher
 from taid_vlm.config_io import config_from_dict
-from taid_vlm.demo import train_config
-from taid_vlm.studies import open_study, provenance, study_parser
-from taid_vlm.train_log import read_log
+from taid_vlm.demo.run import train_config
+from taid_vlm.demo.studies import open_study, provenance, study_parser
+from taid_vlm.train.run_log import read_log
 
 
 def _step_seconds(run: Path) -> float:

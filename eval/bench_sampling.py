@@ -14,8 +14,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import open_study, provenance, study_parser
-from taid_vlm.train_log import read_log
+from taid_vlm.demo.studies import open_study, provenance, study_parser
+from taid_vlm.train.run_log import read_log
 
 MODES = {
     "none": {},

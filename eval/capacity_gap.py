@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from taid_vlm.demo_presets import _composed
-from taid_vlm.studies import open_study, provenance, score_summary, study_parser, write_study
+from taid_vlm.demo.presets import _composed
+from taid_vlm.demo.studies import open_study, provenance, score_summary, study_parser, write_study
 
 TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher (same spec)
     "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),

@@ -11,7 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from taid_vlm.studies import METHOD_SPECS, open_study, provenance, score_summary, study_parser, write_study
+from taid_vlm.demo.studies import (
+    METHOD_SPECS,
+    open_study,
+    provenance,
+    score_summary,
+    study_parser,
+    write_study,
+)
 
 
 def _table(summary: dict[str, dict]) -> str:

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from taid_vlm.config import TAIDConfig
-from taid_vlm.studies import open_study, provenance, score_summary, study_parser, write_study
-from taid_vlm.train_log import read_log
+from taid_vlm.demo.studies import open_study, provenance, score_summary, study_parser, write_study
+from taid_vlm.train.run_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
     ("linear t0=0.4", 0.4, 5e-4, False),

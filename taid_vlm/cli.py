@@ -35,7 +35,7 @@ def train_main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"taid-vlm train: config error: {err}", file=sys.stderr)
         return 2
-    from taid_vlm.trainer import train
+    from taid_vlm.train.loop import train
 
     try:
         metrics = train(cfg, resume=args.resume)
@@ -68,7 +68,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
 
         return main_make_synthetic(rest)
     if command == "demo":
-        from taid_vlm.demo import demo_main
+        from taid_vlm.demo.run import demo_main
 
         return demo_main(rest)
     raise AssertionError(command)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taid_vlm.demo_presets import _composed
+from taid_vlm.demo.presets import _composed
 
 STUDENT = _composed(32, 1, 32, 1, 32, 8, "mlp")
 TEACHER = _composed(48, 1, 64, 1, 32, 8, "mlp")

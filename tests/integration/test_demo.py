@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from taid_vlm.cli import main
-from taid_vlm.train_log import read_log
+from taid_vlm.train.run_log import read_log
 
 
 def test_demo_artefacts_and_teacher_beats_the_blind_prior(demo_tiny):

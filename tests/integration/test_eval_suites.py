@@ -63,8 +63,8 @@ def test_bench_sampling_quick(demo_tiny, tmp_path):
 
 
 def test_study_reuses_a_run_only_for_the_same_config(demo_tiny, capsys):
-    from taid_vlm.studies import Study
-    from taid_vlm.train_log import read_log
+    from taid_vlm.demo.studies import Study
+    from taid_vlm.train.run_log import read_log
 
     def probe(steps: int) -> dict:
         return Study(demo_tiny, "tiny", student_steps=steps).student("sft", 0, None, name="reuse_probe")

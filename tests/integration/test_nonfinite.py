@@ -7,7 +7,7 @@ import math
 import pytest
 
 from taid_vlm.config_io import load_config
-from taid_vlm.trainer import Trainer
+from taid_vlm.train.loop import Trainer
 
 from .conftest import read_jsonl, write_config
 

@@ -15,9 +15,9 @@ from taid_vlm.adapters import build_adapter
 from taid_vlm.adapters.checks import check_tokenizers
 from taid_vlm.data.images import ImageRef
 from taid_vlm.data.types import Sample
-from taid_vlm.distill import check_alignment, teacher_response
 from taid_vlm.models.tiny import tiny_composed_config
 from taid_vlm.models.tiny_hf import TINY_VARIANTS, VARIANT_FAMILY, vlm_tokenizer
+from taid_vlm.train.step import check_alignment, teacher_response
 
 
 def two_turn(i: int, extra: str = "") -> Sample:

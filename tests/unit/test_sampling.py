@@ -7,7 +7,7 @@ from torch import nn
 
 from taid_vlm.config import SamplingConfig
 from taid_vlm.data.types import Sample
-from taid_vlm.sampling import StudentSampler, with_response
+from taid_vlm.train.sampling import StudentSampler, with_response
 
 
 class FakeStudent:

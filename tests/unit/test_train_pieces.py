@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from taid_vlm.checkpoint import rng_state, set_rng_state
 from taid_vlm.config import TrainConfig
-from taid_vlm.optim import lr_lambda
-from taid_vlm.train_data import MicroBatchPlan
+from taid_vlm.train.checkpoint import rng_state, set_rng_state
+from taid_vlm.train.data_order import MicroBatchPlan
+from taid_vlm.train.optim import lr_lambda
 
 
 def test_plan_covers_each_sample_once_per_epoch_across_ranks():

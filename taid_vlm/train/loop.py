@@ -15,14 +15,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from taid_vlm.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
-from taid_vlm.distill import compute_losses, teacher_side
 from taid_vlm.losses import NonFiniteError
-from taid_vlm.run_setup import RunParts, build_run
-from taid_vlm.train_data import micro_batch_loader
-from taid_vlm.train_log import RunLogger
+from taid_vlm.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from taid_vlm.train.data_order import micro_batch_loader
+from taid_vlm.train.run_log import RunLogger
+from taid_vlm.train.setup import RunParts, build_run
+from taid_vlm.train.step import compute_losses, teacher_side
 
 # Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
 _KILL_AT_ENV = "TAID_VLM_TEST_KILL_AT_STEP"
@@ -218,7 +218,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (and generation metrics if configured) without touching training RNG."""
-        from taid_vlm.evaluate_hook import run_eval_hook
+        from taid_vlm.train.evaluate import run_eval_hook
 
         return run_eval_hook(self)
 

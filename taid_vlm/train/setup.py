@@ -14,12 +14,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from taid_vlm.adapters import Adapter, build_adapter
-from taid_vlm.checkpoint import list_checkpoints, resolve_resume
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
-from taid_vlm.distill import StudentForward
-from taid_vlm.optim import apply_trainability, build_optimizer, param_groups
-from taid_vlm.train_data import MicroBatchPlan
+from taid_vlm.train.checkpoint import list_checkpoints, resolve_resume
+from taid_vlm.train.data_order import MicroBatchPlan
+from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
+from taid_vlm.train.step import StudentForward
 
 RUN_MARKER = "run_config.yaml"
 
@@ -172,7 +172,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
 
     sampler = None
     if cfg.sampling.mode != "none":
-        from taid_vlm.sampling import StudentSampler
+        from taid_vlm.train.sampling import StudentSampler
 
         sampler = StudentSampler(cfg.sampling, student, cfg.train.seed, acc.process_index,
                                  {x.id: x for x in samples})

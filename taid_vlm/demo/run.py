@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.demo_presets import METHODS, PRESETS
+from taid_vlm.demo.presets import METHODS, PRESETS
 
 
 def _log(msg: str) -> None:
@@ -72,8 +72,8 @@ def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
     import yaml
 
     from taid_vlm.config_io import config_from_dict, config_to_dict
-    from taid_vlm.run_setup import RUN_MARKER
-    from taid_vlm.trainer import train
+    from taid_vlm.train.loop import train
+    from taid_vlm.train.setup import RUN_MARKER
 
     cfg = config_from_dict(cfg_dict)
     done = run_dir / "final" / "metrics.json"
@@ -168,7 +168,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     for name in times:
         _log(f"evaluating {name}")
         results[name] = stage_eval(out / name / "final", paths, preset, out / "results" / f"{name}.json")
-    from taid_vlm.demo_report import write_report
+    from taid_vlm.demo.report import write_report
 
     chance = blind_baseline(paths, preset["eval"]["limit"])
     table = write_report(out, results, times, chance, preset, args)

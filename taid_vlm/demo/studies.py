@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.demo import stage_data, stage_eval, stage_train, train_config
-from taid_vlm.demo_presets import PRESETS
+from taid_vlm.demo.presets import PRESETS
+from taid_vlm.demo.run import stage_data, stage_eval, stage_train, train_config
 
 # Study method name -> (loss name, config overrides).
 METHOD_SPECS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.demo_presets import METHODS
-from taid_vlm.train_log import read_log
+from taid_vlm.demo.presets import METHODS
+from taid_vlm.train.run_log import read_log
 
 LABELS = {"teacher": "Teacher (SFT)", **{f"student_{k}": f"Student: {v}" for k, v in METHODS.items()}}
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from taid_vlm.distill import compute_losses, teacher_side
+from taid_vlm.train.step import compute_losses, teacher_side
 
 
 def validation_loss(trainer: Any) -> dict[str, float]:
