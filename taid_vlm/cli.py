@@ -35,13 +35,26 @@ def train_main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"taid-vlm train: config error: {err}", file=sys.stderr)
         return 2
-    from taid_vlm.train.loop import train
+    from taid_vlm.data.types import SkipSample
+    from taid_vlm.train.checkpoint import StorageError
+    from taid_vlm.train.loop import DivergedError, train
 
     try:
         metrics = train(cfg, resume=args.resume)
     except ConfigError as err:
         print(f"taid-vlm train: config error: {err}", file=sys.stderr)
         return 2
+    except SkipSample as err:  # only data.strict=true lets a bad record stop the run
+        print(f"taid-vlm train: data error (data.strict=true stops at the first bad record; set "
+              f"data.strict=false to skip and count such records): {err}", file=sys.stderr)
+        return 2
+    except StorageError as err:
+        print(f"taid-vlm train: storage error: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except DivergedError as err:
+        print(f"taid-vlm train: training diverged: {err}; the last checkpoint is kept "
+              f"(resume with --resume auto after the fix)", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"taid-vlm train: done; final student in {cfg.train.output_dir}/final; {shown}")

@@ -1,8 +1,13 @@
-"""YAML <-> typed config, with dotted ``key.sub=value`` overrides. Unknown keys are errors."""
+"""YAML <-> typed config, with dotted ``key.sub=value`` overrides. Unknown keys are errors, also
+inside the model architecture dicts (``student.config``, ``teacher.config``): a Hugging Face
+config (a dict with ``model_type``) is checked against its config class's attributes, and the
+composed student's own sections against their defaults, each with the closest valid name."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -49,13 +54,21 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def _unknown_key(name: str, key: str, valid: Any, what: str = "key") -> ConfigError:
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = sorted(map(str, valid))
+    listed = ", ".join(shown) if len(shown) <= 40 else ", ".join(shown[:40]) + ", ..."
+    return ConfigError(f"{name}: unknown {what} {key!r}; {hint}valid {what}s here: {listed}")
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key; valid keys here: {', '.join(sorted(names))}")
+        raise _unknown_key(f"{where}{unknown[0]}", unknown[0], names)
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -89,8 +102,78 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from a nested dict."""
-    return _from_dict(Config, data)
+    """Build and validate a Config from a nested dict (model architecture dicts included)."""
+    cfg = _from_dict(Config, data)
+    check_model_dict(cfg.student.config, "student.config", cfg.student.family)
+    if cfg.loss.needs_teacher and not cfg.teacher.cache:
+        check_model_dict(cfg.teacher.config, "teacher.config", cfg.teacher.family)
+    return cfg
+
+
+def _hf_config_keys(config_cls: type) -> set[str]:
+    """Every key a Hugging Face config class understands: its attributes with defaults, their
+    aliases (``attribute_map``) and its ``__init__`` parameters. ``PretrainedConfig`` stores any
+    other keyword as an attribute without a word, which is how a typo trains a different model."""
+    from transformers import PretrainedConfig
+
+    keys = set(config_cls().to_dict()) | set(getattr(config_cls, "attribute_map", {}))
+    for klass in (config_cls, PretrainedConfig):
+        keys |= {n for n, p in inspect.signature(klass.__init__).parameters.items()
+                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+    return keys
+
+
+def check_hf_config_dict(data: dict[str, Any], name: str, config_cls: type | None = None) -> None:
+    """Raise ``ConfigError`` for a key of ``data`` (an HF config dict) its config class does not
+    know, naming the dotted field and the closest valid key; sub-config dicts are checked too."""
+    from transformers import CONFIG_MAPPING
+
+    if config_cls is None:
+        model_type = data.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise _unknown_key(f"{name}.model_type", model_type, list(CONFIG_MAPPING.keys()), "model_type")
+        config_cls = CONFIG_MAPPING[model_type]
+    known = _hf_config_keys(config_cls)
+    for key, value in data.items():
+        if key not in known:
+            raise _unknown_key(f"{name}.{key}", key, known)
+        if isinstance(value, dict):
+            sub = (getattr(config_cls, "sub_configs", None) or {}).get(key)
+            if isinstance(value.get("model_type"), str):
+                check_hf_config_dict(value, f"{name}.{key}")
+            elif isinstance(sub, type) and hasattr(sub, "model_type") and sub.model_type:
+                check_hf_config_dict(value, f"{name}.{key}", sub)
+
+
+def _check_keys(data: Any, name: str, valid: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {type(data).__name__} {data!r}")
+    for key in data:
+        if key not in valid:
+            raise _unknown_key(f"{name}.{key}", key, valid)
+    return data
+
+
+def check_model_dict(data: dict[str, Any] | None, name: str, family: str) -> None:
+    """Check a model architecture dict (``student.config``) for unknown keys at every level:
+    the composed student's sections (``vision``, ``projector``, ``text``) against their defaults
+    and every Hugging Face config inside (a dict with ``model_type``) against its config class."""
+    if not data:
+        return
+    if family == "composed":
+        from taid_vlm.models.configuration import DEFAULT_PROJECTOR, DEFAULT_VISION
+
+        _check_keys(data, name, {"vision", "projector", "text", "image_token"})
+        vision = _check_keys(data.get("vision") or {}, f"{name}.vision", {*DEFAULT_VISION, "pretrained"})
+        _check_keys(data.get("projector") or {}, f"{name}.projector", set(DEFAULT_PROJECTOR))
+        text = _check_keys(data.get("text") or {}, f"{name}.text", {"path", "config"})
+        if isinstance(text.get("config"), dict):
+            check_hf_config_dict(text["config"], f"{name}.text.config")
+        # Only an hf tower's config is an HF config; timm/open_clip take their own keyword sets.
+        if vision.get("backend", "hf") == "hf" and isinstance(vision.get("config"), dict):
+            check_hf_config_dict(vision["config"], f"{name}.vision.config")
+    elif "model_type" in data:
+        check_hf_config_dict(data, name)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

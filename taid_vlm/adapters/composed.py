@@ -67,7 +67,13 @@ class ComposedAdapter(Adapter):
         n_blocks = _count_image_blocks(sample.messages)
         if n_blocks != len(sample.images):
             raise SkipSample("bad_record", f"{n_blocks} image blocks but {len(sample.images)} images")
-        return self.processor.preprocess_images([load_image(ref) for ref in sample.images])
+        images = [load_image(ref) for ref in sample.images]
+        if not images:
+            return self.processor.preprocess_images([])
+        # PIL images are always height x width x 3. Left to guess, the image processor reads a
+        # (1, 1, 3) or (3, 1, 3) array (1x1, 1x3 images) as channels-first and fails or scrambles it.
+        return self.processor.image_processor(images=images, return_tensors="pt",
+                                              input_data_format="channels_last")["pixel_values"]
 
     def encode(self, sample: Sample, max_length: int) -> dict[str, torch.Tensor]:
         """``input_ids/attention_mask/labels [L]`` + ``pixel_values [n_img, 3, S, S]``."""

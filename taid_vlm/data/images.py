@@ -7,6 +7,7 @@ the data report counts:
 
 - ``path_escape``: the path resolves outside the image root (``../``, absolute elsewhere, a
   symlink out) and ``allow_outside_root`` is off;
+- ``bad_path``: the path cannot name a file (a NUL byte, too long, a symlink loop);
 - ``missing_image``: no file at the path;
 - ``corrupt_image``: zero bytes, truncated data, not an image, or a side below ``min_side``;
 - ``image_too_large``: more than ``max_pixels`` pixels (checked from the header, before decoding).
@@ -81,11 +82,17 @@ class ImageRef:
     def resolve(self) -> Path:
         """The file path, checked against the root. Raises ``SkipSample('path_escape')``."""
         assert self.path is not None
+        if "\x00" in self.path:
+            # The OS cannot take a NUL in a path (``ValueError: embedded null byte`` from every call).
+            raise SkipSample("bad_path", f"{self.path!r} contains a NUL byte")
         p = Path(self.path)
         if self.root is None:
             return p
         root = Path(self.root).resolve()
-        full = (root / p).resolve()  # resolves ``..`` and symlinks, so both escape routes are seen
+        try:
+            full = (root / p).resolve()  # resolves ``..`` and symlinks, so both escape routes are seen
+        except (OSError, ValueError) as err:  # too long, a symlink loop, ...
+            raise SkipSample("bad_path", f"{self.path!r}: {err}") from None
         if not self.allow_outside_root and not full.is_relative_to(root):
             raise SkipSample("path_escape", f"{self.path!r} resolves outside the image root {str(root)!r}")
         return full
@@ -94,7 +101,11 @@ class ImageRef:
         """Open (header only) from the path or bytes."""
         if self.path is not None:
             full = self.resolve()
-            if not full.is_file():
+            try:
+                is_file = full.is_file()
+            except (OSError, ValueError) as err:  # e.g. a path component longer than NAME_MAX
+                raise SkipSample("bad_path", f"{self.path!r}: {err}") from None
+            if not is_file:
                 raise SkipSample("missing_image", f"no file {str(full)!r}")
             if os.path.getsize(full) == 0:
                 raise SkipSample("corrupt_image", f"{self.label!r} is empty (0 bytes)")

@@ -9,7 +9,7 @@ from typing import Any
 class SkipSample(Exception):
     """Raised for a record that cannot be used; ``reason`` is a short key counted in the data report.
 
-    Reasons in use: ``missing_image``, ``corrupt_image``, ``image_too_large``, ``path_escape``,
+    Reasons in use: ``missing_image``, ``bad_path``, ``corrupt_image``, ``image_too_large``, ``path_escape``,
     ``empty_answer``, ``no_assistant_turn``, ``unknown_role``, ``bad_text``, ``response_truncated``,
     ``bad_record``.
     """

@@ -4,16 +4,21 @@ A checkpoint is a folder ``checkpoint-<step>`` holding the student weights (safe
 optimizer/scheduler/loss state and per-rank RNG states (``torch.save`` of tensors and plain data
 only, loaded with ``weights_only=True``), the TAID schedule, the data position and the resolved
 config. It is written to a temporary folder and renamed, so a kill during a write leaves the
-previous checkpoint intact.
+previous checkpoint intact. Old checkpoints are renamed to a trash name before they are deleted,
+so a kill during clean-up never leaves a half-deleted folder that still looks complete. A write
+that fails (disk full, read-only folder) removes its temporary folder and raises
+``StorageError`` saying what, where and how much space one checkpoint needs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from taid_vlm.config import ConfigError
+
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Test hook: "STEP:PHASE" SIGKILLs this process inside the save of checkpoint-STEP, at PHASE (one
+# of SAVE_PHASES), so the fault-injection tests can kill mid-write and mid-clean-up.
+_KILL_IN_SAVE_ENV = "TAID_VLM_TEST_KILL_IN_SAVE"
+SAVE_PHASES = ("rng", "weights", "trainer_state", "state_json", "rename", "cleanup")
+
+
+class StorageError(OSError):
+    """A checkpoint or run folder cannot be written (no space left, read-only, ...)."""
+
+
+def _maybe_kill(step: int, phase: str) -> None:
+    if os.environ.get(_KILL_IN_SAVE_ENV) == f"{step}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -42,8 +62,12 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
         ckpts = list_checkpoints(output_dir)
         return ckpts[-1] if ckpts else None
     path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"--resume {resume!r}: no such folder; pass a checkpoint folder "
+                          "(OUTPUT_DIR/checkpoints/checkpoint-N) or 'auto'")
     if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume!r}: not a complete checkpoint (no state.json)")
+        raise ConfigError(f"--resume {resume!r}: not a complete checkpoint (no state.json); pass a "
+                          "checkpoint folder (OUTPUT_DIR/checkpoints/checkpoint-N) or 'auto'")
     return path
 
 
@@ -100,38 +124,129 @@ def save_checkpoint(
     root = Path(output_dir) / "checkpoints"
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
+    if (final / "state.json").is_file():
+        # This step is already saved complete (a resume at the last step saves it again); the run
+        # is deterministic, so the copy on disk is what this save would write.
+        return final
     if is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _guard_storage(lambda: _start_tmp(root, tmp), "start", final, model, optimizer)
     if barrier:
         barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    _maybe_kill(step, "rng")
+    _guard_storage(lambda: torch.save(rng_state(), tmp / f"rng_rank{rank}.pt"), "write", final, model, optimizer)
     if is_main:
-        save_file(_model_state(model), str(tmp / "model.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "modules": {k: m.state_dict() for k, m in extra_modules.items()},
-            },
-            tmp / "trainer_state.pt",
-        )
-        (tmp / "config.yaml").write_text(config_yaml)
+        def write_main() -> None:
+            save_file(_model_state(model), str(tmp / "model.safetensors"))
+            _maybe_kill(step, "weights")
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "modules": {k: m.state_dict() for k, m in extra_modules.items()},
+                },
+                tmp / "trainer_state.pt",
+            )
+            _maybe_kill(step, "trainer_state")
+            (tmp / "config.yaml").write_text(config_yaml)
+
+        _guard_storage(write_main, "write", final, model, optimizer, tmp)
     if barrier:
         barrier()
     if is_main:
-        # state.json last: its presence marks a complete checkpoint.
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        def publish() -> None:
+            # state.json last: its presence marks a complete checkpoint.
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+            _fsync_dir(tmp)
+            _maybe_kill(step, "state_json")
+            _maybe_kill(step, "rename")
+            if final.exists():  # incomplete (no state.json), so not a checkpoint: replace it
+                _discard(final)
+            os.replace(tmp, final)
+
+        _guard_storage(publish, "write", final, model, optimizer, tmp)
         for old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _maybe_kill(step, "cleanup")
+            _discard(old)
     if barrier:
         barrier()
     return final
+
+
+def _start_tmp(root: Path, tmp: Path) -> None:
+    """An empty temporary folder for the new checkpoint; leftovers of killed saves are removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    for leftover in root.iterdir():
+        if leftover.name.startswith((".tmp-", ".trash-")):
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir()
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder so that no kill can leave it half-deleted under its own name:
+    first renamed (atomic) to a trash name that ``list_checkpoints`` ignores, then removed."""
+    trash = path.with_name(f".trash-{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def estimate_checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes one checkpoint takes, estimated: the weights, plus two fp32-sized Adam moments per
+    trainable parameter (the optimizer state exists only after the first step), plus 1 MB."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = 0
+    if optimizer is not None:
+        moments = sum(2 * q.numel() * 4 for g in optimizer.param_groups for q in g["params"])
+    return weights + moments + (1 << 20)
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system holding ``path`` (its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_free_space(output_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Raise ``StorageError`` before the first step if ``output_dir`` cannot hold one more checkpoint
+    (estimated; a save writes the new checkpoint before it deletes the oldest)."""
+    need = estimate_checkpoint_bytes(model, optimizer)
+    free = free_bytes(output_dir)
+    if free < need:
+        raise StorageError(errno.ENOSPC, f"train.output_dir: no space left for a checkpoint in "
+                           f"{str(output_dir)!r}: one needs about {_mb(need)}, {_mb(free)} free; "
+                           "free some space or choose another folder")
+
+
+def _guard_storage(fn: Any, what: str, final: Path, model: nn.Module, optimizer: Any, tmp: Path | None = None) -> None:
+    """Run ``fn``; an ``OSError`` or a torch write failure (which on a full disk reads
+    ``unexpected pos``, never "no space") becomes a ``StorageError`` saying what, where and how
+    much is needed. The temporary folder is removed so the previous checkpoint stays the latest."""
+    try:
+        fn()
+    except (OSError, RuntimeError) as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        where = final.parent.parent
+        need = estimate_checkpoint_bytes(model, optimizer)
+        free = free_bytes(where)
+        code = getattr(err, "errno", None)
+        if code == errno.ENOSPC or free < need:
+            cause = f"no space left on the device ({_mb(free)} free, one checkpoint needs about {_mb(need)})"
+        elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            cause = "the folder is not writable (read-only or no permission)"
+        else:
+            cause = f"{type(err).__name__}: {err}"
+        previous = [p.name for p in list_checkpoints(where) if p != final]
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise StorageError(code or errno.EIO, f"cannot {what} checkpoint {final.name} in {str(final.parent)!r}: "
+                           f"{cause}; {kept}; free some space or choose another train.output_dir") from err
 
 
 def _fsync_dir(path: Path) -> None:

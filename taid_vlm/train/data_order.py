@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from taid_vlm.config import ConfigError
+
 
 class MicroBatchPlan:
     """Which samples each rank sees in each micro-batch.
@@ -31,7 +33,7 @@ class MicroBatchPlan:
         # Incomplete global micro-batches are dropped so every rank always has a full share.
         self.per_epoch = num_samples // self.global_bs
         if self.per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"data.train: {num_samples} usable samples, fewer than train.batch_size x processes = "
                 f"{self.global_bs}; lower train.batch_size or add data"
             )

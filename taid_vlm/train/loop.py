@@ -28,6 +28,10 @@ from taid_vlm.train.step import compute_losses, teacher_side
 _KILL_AT_ENV = "TAID_VLM_TEST_KILL_AT_STEP"
 
 
+class DivergedError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient (``train.max_nonfinite``)."""
+
+
 def _sum_losses(out: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     keys = ["loss", "distil_loss", "lm_loss", "taid_signal"]
     vals = [out[k].detach().float() if k in out else torch.zeros((), device=device) for k in keys]
@@ -131,11 +135,6 @@ class Trainer:
             # Every rank must hold the same t; the spread is logged so a divergence is visible.
             ts = acc.gather(torch.tensor([p.schedule.t], device=acc.device, dtype=torch.float64))
             extra["taid_t_spread"] = float(ts.max() - ts.min())
-        if self.nonfinite_run >= cfg.train.max_nonfinite:
-            raise RuntimeError(
-                f"{self.nonfinite_run} optimizer steps in a row had a non-finite loss or gradient "
-                f"(last at step {self.step + 1}); lower train.lr or check the data (train.max_nonfinite)"
-            )
         dt = time.perf_counter() - t0
         return {
             "loss": loss, "distil_loss": distil, "lm_loss": lm, "grad_norm": grad_norm,
@@ -202,8 +201,16 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "taid_t") if k in last})
-            if self.step % cfg.logging.every == 0 or self.step == p.total_steps:
+            logged = self.step % cfg.logging.every == 0 or self.step == p.total_steps
+            if logged:
                 self.log.metrics(self.step, last)
+            if self.nonfinite_run >= cfg.train.max_nonfinite:
+                if not logged:
+                    self.log.metrics(self.step, last)  # the step that stops the run is on record
+                raise DivergedError(
+                    f"{self.nonfinite_run} optimizer steps in a row had a non-finite loss or gradient "
+                    f"(last at step {self.step}); lower train.lr or check the data (train.max_nonfinite)"
+                )
             if kill_at and self.step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < p.total_steps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,43 @@ class RunLogger:
             tqdm.write(f"[taid-vlm] {message}")
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records of steps the resumed run will redo, so curves have no duplicates."""
+        """On resume, drop records of steps the resumed run will redo, so curves have no duplicates.
+
+        A line that does not parse (torn by a kill in the middle of a write) is dropped too. The
+        file is rewritten through a temporary file and a rename, so a kill here loses nothing.
+        """
         if not self.enabled or not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(k + "\n" for k in keep))
+        keep = [ln for ln, rec in _parse_lines(self.path) if rec is not None and rec.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.enabled and self.tensorboard:
             self.acc.end_training()
 
 
+def _parse_lines(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each non-blank line with its record, or ``None`` where it is not a JSON object."""
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for ln in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            rec = None
+        out.append((ln, rec if isinstance(rec, dict) else None))
+    return out
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``train.jsonl``."""
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """All records of a ``train.jsonl``; a torn last line (a kill mid-write) is left out."""
+    lines = _parse_lines(Path(path))
+    if lines and lines[-1][1] is None:
+        lines = lines[:-1]
+    bad = [ln for ln, rec in lines if rec is None]
+    if bad:
+        raise ValueError(f"{path}: line {bad[0][:60]!r} is not a JSON record")
+    return [rec for _, rec in lines]

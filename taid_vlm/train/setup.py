@@ -4,6 +4,7 @@ then weights, then data, then the optimizer."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from accelerate.utils import set_seed
 from taid_vlm.adapters import Adapter, build_adapter
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
-from taid_vlm.train.checkpoint import list_checkpoints, resolve_resume
+from taid_vlm.train.checkpoint import check_free_space, list_checkpoints, resolve_resume
 from taid_vlm.train.data_order import MicroBatchPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
 from taid_vlm.train.step import StudentForward
@@ -48,40 +49,87 @@ class RunParts:
 
 
 def check_paths(cfg: Config) -> None:
-    """Fail in seconds on missing files, before any weights are loaded."""
+    """Fail in seconds on missing files and unknown model families, before any weights are loaded."""
     for name, value in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
                         ("data.image_root", cfg.data.image_root), ("eval.vqa", cfg.eval.vqa),
                         ("eval.caption", cfg.eval.caption), ("student.path", cfg.student.path),
-                        ("teacher.cache", cfg.teacher.cache)):
+                        ("student.tokenizer", cfg.student.tokenizer), ("teacher.cache", cfg.teacher.cache)):
         if value and not Path(value).exists():
             raise ConfigError(f"{name}: {value!r} does not exist")
-    if cfg.loss.needs_teacher and not cfg.teacher.cache and cfg.teacher.path and not Path(cfg.teacher.path).exists():
+    uses_teacher = cfg.loss.needs_teacher and not cfg.teacher.cache
+    if uses_teacher and cfg.teacher.path and not Path(cfg.teacher.path).exists():
         raise ConfigError(f"teacher.path: {cfg.teacher.path!r} does not exist")
+    if uses_teacher and cfg.teacher.tokenizer and not Path(cfg.teacher.tokenizer).exists():
+        raise ConfigError(f"teacher.tokenizer: {cfg.teacher.tokenizer!r} does not exist")
+    from taid_vlm.adapters.registry import available_adapters
+
+    families = available_adapters()
+    for name, model in (("student", cfg.student), ("teacher", cfg.teacher if uses_teacher else None)):
+        if model is not None and model.family != "auto" and model.family not in families:
+            raise ConfigError(f"{name}.family: unknown family {model.family!r}; valid: auto, {', '.join(families)}")
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision: fp16 autocast needs a GPU; use bf16 or no on the CPU")
+
+
+# What a run writes into its output folder; ``train.overwrite`` and a fresh start remove these.
+RUN_FILES = ("checkpoints", "logs", "final", "tb")
 
 
 def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: Any = None) -> Path | None:
     """Refuse to write into another run's folder; returns the checkpoint to resume from.
 
-    Every rank decides before any rank writes the run marker, so all ranks see the same folder.
+    Only checks: nothing is written until ``write_run_marker``, after the models and data are
+    built, so a start that fails leaves the folder as it was. ``--resume auto`` on this run's
+    folder without a checkpoint yet (killed before its first save) starts fresh there. Every rank
+    decides before any rank writes the run marker, so all ranks see the same folder.
     """
     out = Path(cfg.train.output_dir)
     resume_from = resolve_resume(out, resume)
     marker = out / RUN_MARKER
     busy = out.is_dir() and any(out.iterdir())
-    if busy and resume_from is None and not cfg.train.overwrite:
+    fresh_restart = resume == "auto" and resume_from is None and marker.is_file()
+    if busy and resume_from is None and not cfg.train.overwrite and not fresh_restart:
         what = f"another run ({len(list_checkpoints(out))} checkpoints)" if marker.exists() else "other files"
         raise ConfigError(
             f"train.output_dir: {str(out)!r} already holds {what}; pass --resume auto to continue it, "
             "choose another folder, or set train.overwrite=true"
         )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir: {str(out)!r} is a file; choose a folder")
     if barrier:
         barrier()
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return resume_from
+
+
+def write_run_marker(cfg: Config, resume_from: Path | None) -> None:
+    """Take the output folder (main process): on a fresh start remove what an earlier run there
+    wrote (checkpoints, logs, final student), so ``train.overwrite`` and a restart keep no stale
+    line or checkpoint, then write the run marker. A folder that cannot be written is a
+    ``ConfigError`` naming ``train.output_dir``."""
+    out = Path(cfg.train.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            for name in RUN_FILES:
+                stale = out / name
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                elif stale.exists():
+                    stale.unlink()
+        (out / RUN_MARKER).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    except OSError as err:
+        raise ConfigError(f"train.output_dir: cannot write to {str(out)!r} ({err.strerror or err}); "
+                          "choose a writable folder") from None
+
+
+def check_finite_weights(model: torch.nn.Module, name: str) -> None:
+    """Raise ``ConfigError`` naming ``name`` if any weight or buffer holds NaN or inf (a broken
+    conversion or download): a teacher like that would make every step non-finite."""
+    bad = [k for k, t in model.state_dict().items()
+           if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ConfigError(f"{name}: {len(bad)} weight tensors hold NaN or inf values (first: {bad[0]!r}); "
+                          "the checkpoint is broken, re-download or re-convert it")
 
 
 def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter | None]:
@@ -93,6 +141,7 @@ def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter
             # A teacher built from a config shares the student's tokenizer (required anyway).
             teacher_kwargs["tokenizer"] = student.tokenizer
         teacher = build_adapter(**teacher_kwargs)
+        check_finite_weights(teacher.model, "teacher.path" if cfg.teacher.path else "teacher.config")
         from taid_vlm.adapters.checks import check_tokenizers
 
         check_tokenizers(teacher.tokenizer, student.tokenizer)
@@ -181,6 +230,10 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     optimizer, scheduler = build_optimizer(groups, cfg.train, total)
     module, optimizer = acc.prepare(module, optimizer)
     params = [q for g in optimizer.param_groups for q in g["params"]]
+    if acc.is_main_process:  # the start-up succeeded: now the folder is taken
+        check_free_space(cfg.train.output_dir, student.model, optimizer)
+        write_run_marker(cfg, resume_from)
+    acc.wait_for_everyone()
     if acc.is_main_process and cfg.logging.tensorboard:
         acc.init_trackers("tb", config=_flat_hparams(cfg))
     return RunParts(acc, student, module, teacher, loss_fn, schedule, signal_key, optimizer, scheduler,
