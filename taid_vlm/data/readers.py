@@ -39,8 +39,8 @@ def _json_records(path: Path) -> Iterator[Any]:
                 continue
             try:
                 yield json.loads(line)
-            except json.JSONDecodeError as err:
-                yield SkipSample("bad_record", f"line {n + 1}: {err}")
+            except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested too deep
+                yield SkipSample("bad_record", f"line {n + 1}: {str(err)[:200]}")
         return
     data = json.loads(text)
     if isinstance(data, dict) and isinstance(data.get("data"), list):

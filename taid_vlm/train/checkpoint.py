@@ -124,10 +124,26 @@ def save_checkpoint(
     root = Path(output_dir) / "checkpoints"
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
-    if (final / "state.json").is_file():
-        # This step is already saved complete (a resume at the last step saves it again); the run
-        # is deterministic, so the copy on disk is what this save would write.
-        return final
+    if not (final / "state.json").is_file():
+        _write_checkpoint(root, final, tmp, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                          extra_modules=extra_modules, state=state, config_yaml=config_yaml, is_main=is_main,
+                          rank=rank, barrier=barrier)
+    # else: this step is already saved complete (a resume at the last step saves it again); the
+    # run is deterministic, so the copy on disk is what this save would write.
+    if is_main:
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            _maybe_kill(step, "cleanup")
+            _discard(old)
+        _remove_leftovers(root)
+    if barrier:
+        barrier()
+    return final
+
+
+def _write_checkpoint(root: Path, final: Path, tmp: Path, step: int, *, model: nn.Module, optimizer: Any,
+                      scheduler: Any, extra_modules: dict[str, nn.Module], state: dict[str, Any],
+                      config_yaml: str, is_main: bool, rank: int, barrier: Any) -> None:
+    """Write ``tmp`` and rename it to ``final`` (state.json last), or raise ``StorageError``."""
     if is_main:
         _guard_storage(lambda: _start_tmp(root, tmp), "start", final, model, optimizer)
     if barrier:
@@ -158,26 +174,26 @@ def save_checkpoint(
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
             _fsync_dir(tmp)
             _maybe_kill(step, "state_json")
-            _maybe_kill(step, "rename")
             if final.exists():  # incomplete (no state.json), so not a checkpoint: replace it
                 _discard(final)
+            _maybe_kill(step, "rename")
             os.replace(tmp, final)
 
         _guard_storage(publish, "write", final, model, optimizer, tmp)
-        for old in list_checkpoints(output_dir)[:-keep_last]:
-            _maybe_kill(step, "cleanup")
-            _discard(old)
-    if barrier:
-        barrier()
-    return final
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove temporary and trash folders that killed saves and clean-ups left behind."""
+    if root.is_dir():
+        for leftover in root.iterdir():
+            if leftover.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _start_tmp(root: Path, tmp: Path) -> None:
     """An empty temporary folder for the new checkpoint; leftovers of killed saves are removed."""
     root.mkdir(parents=True, exist_ok=True)
-    for leftover in root.iterdir():
-        if leftover.name.startswith((".tmp-", ".trash-")):
-            shutil.rmtree(leftover, ignore_errors=True)
+    _remove_leftovers(root)
     tmp.mkdir()
 
 

@@ -166,9 +166,17 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: An
     from taid_vlm.data.collate import PairCollator
     from taid_vlm.data.readers import DataReport, load_samples
 
+    def read(field: str, path: str, report: DataReport) -> list:
+        try:
+            return load_samples(path, format=cfg.data.format, image_root=cfg.data.image_root,
+                                strict=cfg.data.strict, report=report)
+        except ConfigError:
+            raise
+        except (ValueError, RecursionError, OSError) as err:  # a file that is not records at all
+            raise ConfigError(f"{field}: cannot read {path!r}: {str(err)[:300]}") from None
+
     report = DataReport()
-    samples = load_samples(cfg.data.train, format=cfg.data.format, image_root=cfg.data.image_root,
-                           strict=cfg.data.strict, report=report)
+    samples = read("data.train", cfg.data.train, report)
     if cache is not None:
         kept = [x for x in samples if x.id in cache]
         for x in samples:
@@ -177,8 +185,7 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: An
         samples = kept
     val = []
     if cfg.data.val:
-        val = load_samples(cfg.data.val, format=cfg.data.format, image_root=cfg.data.image_root,
-                           strict=cfg.data.strict, report=DataReport())
+        val = read("data.val", cfg.data.val, DataReport())
     if student.supports_images is False and any(s.images for s in samples):
         raise ConfigError("student: the training data has images but the student family "
                           f"{student.name!r} takes text only; use a VLM or composed student")
