@@ -132,8 +132,7 @@ def save_checkpoint(
     # run is deterministic, so the copy on disk is what this save would write.
     if is_main:
         for old in list_checkpoints(output_dir)[:-keep_last]:
-            _maybe_kill(step, "cleanup")
-            _discard(old)
+            _discard(old, step)
         _remove_leftovers(root)
     if barrier:
         barrier()
@@ -175,7 +174,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, step: int, *, model: n
             _fsync_dir(tmp)
             _maybe_kill(step, "state_json")
             if final.exists():  # incomplete (no state.json), so not a checkpoint: replace it
-                _discard(final)
+                shutil.rmtree(final)
             _maybe_kill(step, "rename")
             os.replace(tmp, final)
 
@@ -197,13 +196,16 @@ def _start_tmp(root: Path, tmp: Path) -> None:
     tmp.mkdir()
 
 
-def _discard(path: Path) -> None:
+def _discard(path: Path, step: int = -1) -> None:
     """Delete a checkpoint folder so that no kill can leave it half-deleted under its own name:
     first renamed (atomic) to a trash name that ``list_checkpoints`` ignores, then removed."""
     trash = path.with_name(f".trash-{path.name}")
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
+    if os.environ.get(_KILL_IN_SAVE_ENV) == f"{step}:cleanup":
+        (trash / "model.safetensors").unlink(missing_ok=True)  # the kill lands in the middle of rmtree
+        _maybe_kill(step, "cleanup")
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.fault_injection
 SEED = 17
 KILL_RUN = {"max_steps": 6, "save_every": 2, "keep_last": 1, "batch_size": 4}
 CHILD_LIMIT_S = 300
+CKPT_FILES = {"model.safetensors", "trainer_state.pt", "rng_rank0.pt", "config.yaml", "state.json"}
 
 
 def _fork_main(argv: list[str], env: dict[str, str] | None = None, kill_after: float | None = None) -> int:
@@ -109,6 +110,8 @@ def test_sigkill_at_random_moments_resumes_bitwise_equal(tmp_path, run_env):
             rc = _fork_main(argv, env, kill_after=when if kind == "timer" else None)
             assert rc in (0, -9), f"trial {i} {kind}={when}: exit {rc}"
             killed += rc == -9
+            for ckpt in list_checkpoints(trial / "out"):  # what passes as complete must be complete
+                assert {f.name for f in ckpt.iterdir()} >= CKPT_FILES, f"trial {i}: {ckpt} is incomplete"
             if kind != "timer":
                 assert rc == -9, f"trial {i}: the {kind} hook {when} did not fire"
         assert _fork_main(["train", cfg, "--resume", "auto"]) == 0, f"trial {i} {kills}: resume failed"
@@ -201,11 +204,13 @@ def test_hostile_records_good_ones_arrive_bad_ones_skipped_with_reason(tmp_path,
 
     monkeypatch.setattr(PairCollator, "__call__", spy)
     cfg = str(write_config(tmp_path / "c.yaml", run_env, loss="sft", max_steps=0, epochs=1.0, batch_size=1))
-    assert main(["train", cfg, f"data.train={data}", f"data.val={data}", "eval.max_batches=1"]) == 0
+    # Validation on other data (synthetic ids), so every id seen here comes from a training batch.
+    assert main(["train", cfg, f"data.train={data}", f"data.val={run_env['train']}", "eval.max_batches=1"]) == 0
     report = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())["data_report"]
     assert report["read"] == len(good) + sum(skipped.values())
     assert report["skipped"] == skipped
     assert report["used"] == len(good)
+    seen = [x for x in seen if not x.startswith("train_")]
     assert sorted(seen) == sorted(good)  # every good record reached a training batch, once
 
 
