@@ -4,6 +4,7 @@ then weights, then data, then the optimizer."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,12 @@ def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: An
         )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.output_dir: {str(out)!r} is a file; choose a folder")
+    # Checked on every rank (a failed write on the main process alone would leave the others
+    # waiting at a barrier); root passes this check, so write_run_marker reports those cases.
+    nearest = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(nearest, os.W_OK):
+        raise ConfigError(f"train.output_dir: cannot write to {str(nearest)!r} (read-only or no permission); "
+                          "choose a writable folder")
     if barrier:
         barrier()
     return resume_from
@@ -237,8 +244,8 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     optimizer, scheduler = build_optimizer(groups, cfg.train, total)
     module, optimizer = acc.prepare(module, optimizer)
     params = [q for g in optimizer.param_groups for q in g["params"]]
+    check_free_space(cfg.train.output_dir, student.model, optimizer)  # every rank, so all stop together
     if acc.is_main_process:  # the start-up succeeded: now the folder is taken
-        check_free_space(cfg.train.output_dir, student.model, optimizer)
         write_run_marker(cfg, resume_from)
     acc.wait_for_everyone()
     if acc.is_main_process and cfg.logging.tensorboard:
