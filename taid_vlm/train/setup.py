@@ -129,11 +129,17 @@ def write_run_marker(cfg: Config, resume_from: Path | None) -> None:
                           "choose a writable folder") from None
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    # In chunks: a 150k x 8k embedding would otherwise need a 1.2 GB mask beside a large teacher.
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
 def check_finite_weights(model: torch.nn.Module, name: str) -> None:
     """Raise ``ConfigError`` naming ``name`` if any weight or buffer holds NaN or inf (a broken
     conversion or download): a teacher like that would make every step non-finite."""
     bad = [k for k, t in model.state_dict().items()
-           if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all())]
+           if t.is_floating_point() and t.device.type != "meta" and not _all_finite(t)]
     if bad:
         raise ConfigError(f"{name}: {len(bad)} weight tensors hold NaN or inf values (first: {bad[0]!r}); "
                           "the checkpoint is broken, re-download or re-convert it")
