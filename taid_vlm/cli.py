@@ -99,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0 if argv else 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return _dispatch(argv[0], argv[1:])
+    from taid_vlm.config import ConfigError
+
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except ConfigError as err:  # any command: a bad setting is a message naming it and exit 2
+        print(f"taid-vlm {argv[0]}: config error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
