@@ -158,7 +158,7 @@ def _hostile_corpus(folder: Path) -> tuple[list[str], dict[str, int]]:
     good = [
         _rec("plain", "images/ok.png"), _rec("one_by_one", "images/1x1.png"), _rec("one_by_n", "images/1xN.png"),
         _rec("wide", "images/wide.png"), _rec("tall", "images/tall.png"), _rec("animated", "images/anim.gif"),
-        _rec("palette_alpha", "images/palette.png"), _rec("control_chars", None, "a\x01b\x1b[31m c\ttab\x7f?"),
+        _rec("palette_alpha", "images/palette.png"), _rec("control_chars", None, "a\x00b\x01c\x1b[31m d\ttab\x7f?"),
         _rec("dup", "images/ok.png"),
         _rec("dup", "images/ok.png", answer="blue"), _rec("unicode", None, "ünïcødé 日本語 🙂?"),
         {**_rec("nested_extra", "images/ok.png"), "meta": json.loads("[" * 50 + "]" * 50)},
@@ -251,6 +251,7 @@ FUZZ = (
         ("student.config.text.config.model_type=nosuch", "student.config.text.config.model_type"),
         ("train.mixed_precision=fp8", "train.mixed_precision"), ("data.train=/no/such.json", "data.train"),
         ("teacher.path=/no/such", "teacher.path"), ("student.tokenizer=/no/such", "student.tokenizer"),
+        ("data.train=[]", "data.train"),
     ]
 )
 
