@@ -121,14 +121,15 @@ class LossConfig:
     __extra_keys_field__ = "options"
 
     def check(self) -> None:
-        from taid_vlm.losses import LOSS_NAMES, OptionError, get_loss
+        from taid_vlm.losses import LOSSES, OptionError, get_loss
 
-        _check(self.name in LOSS_NAMES, "loss.name", f"unknown loss {self.name!r}; valid: {', '.join(LOSS_NAMES)}")
+        names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
+        _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
         _check(self.chunk_size >= 1, "loss.chunk_size", "must be >= 1")
         for loss_name, opts in self.options.items():
-            _check(loss_name in LOSS_NAMES, f"loss.{loss_name}",
-                   f"unknown key: neither a loss.* field nor a loss name ({', '.join(LOSS_NAMES)})")
+            _check(loss_name in LOSSES, f"loss.{loss_name}",
+                   f"unknown key: neither a loss.* field nor a loss name ({names})")
             _check(isinstance(opts, dict), f"loss.{loss_name}", "expected a mapping of that loss's options")
         # The loss classes are the one place that knows their options and ranges: build each block's
         # loss (cheap, no weights). The chosen loss gets `temperature` too; other blocks alone.

@@ -26,13 +26,24 @@ LOSSES: dict[str, type[DistillLoss]] = {
     for cls in (SFTLoss, ForwardKLLoss, ReverseKLLoss, TVDLoss, GJSDLoss, SkewFKLLoss, SkewRKLLoss, AKLLoss,
                 CTKDLoss, DKDLoss, TAIDLoss)
 }
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the built-in losses
+
+
+def register_loss(cls: type[DistillLoss]) -> type[DistillLoss]:
+    """Class decorator: make ``cls`` available as ``get_loss(cls.name)`` and as ``loss.name`` in a
+    config. A new loss is one ``DistillLoss`` subclass; nothing outside ``losses/`` changes."""
+    if not (isinstance(cls, type) and issubclass(cls, DistillLoss)) or cls.name in ("", "base"):
+        raise TypeError(f"register_loss: expected a DistillLoss subclass with its own `name`, got {cls!r}")
+    if cls.name in LOSSES and LOSSES[cls.name] is not cls:
+        raise ValueError(f"register_loss: a loss named {cls.name!r} is registered already ({LOSSES[cls.name]})")
+    LOSSES[cls.name] = cls
+    return cls
 
 
 def loss_options(name: str) -> tuple[str, ...]:
     """The options ``get_loss(name, **options)`` accepts (its class's constructor arguments)."""
     if name not in LOSSES:
-        raise OptionError("name", f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
+        raise OptionError("name", f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
     params = inspect.signature(LOSSES[name].__init__).parameters
     return tuple(p for p in params if p != "self")
 
