@@ -12,9 +12,7 @@ from typing import Any
 import torch
 
 from taid_vlm.data.report import DataReport
-from taid_vlm.data.types import Sample, SkipSample
-
-IGNORE_INDEX = -100
+from taid_vlm.data.types import IGNORE_INDEX, Sample, SkipSample
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: int | float, side: str = "right") -> torch.Tensor:

@@ -11,7 +11,9 @@ import math
 
 import torch
 
-IGNORE_INDEX = -100
+from taid_vlm.data.types import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "NEG_FILL", "NonFiniteError", "OptionError"]
 # exp(NEG_FILL - max) underflows to exactly 0 in fp32, so a filled column has probability 0 (as if
 # sliced out of the vocabulary) while log-probabilities stay finite and products with 0 stay 0.
 NEG_FILL = -1e9
