@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t0, alpha, adaptive in grid:
         per_seed = [study.student("taid" if adaptive else "taid_linear", s, teacher,
                                   name=_run_name(t0, alpha, adaptive, s),
-                                  overrides={"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}})
+                                  overrides={"loss": {"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}}})
                     for s in seeds]
         log = read_log(Path(per_seed[0]["run"]) / "logs" / "train.jsonl")
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,

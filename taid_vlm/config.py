@@ -1,8 +1,9 @@
 """Typed run configuration. Each field's docstring is its only help text; checks name the field.
 
 Load with ``taid_vlm.config_io.load_config(path, overrides)``; YAML sections map 1:1 to the
-dataclasses below (``student``, ``teacher``, ``data``, ``loss``, ``taid``, ``train``, ``eval``,
-``logging``). Unknown keys are errors.
+dataclasses below (``student``, ``teacher``, ``data``, ``loss``, ``train``, ``eval``, ``logging``,
+``sampling``). Unknown keys are errors. Loss options (TAID's schedule included) live in ``loss:``
+as a block per loss name, checked by the loss classes themselves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
-LOSS_NAMES = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")
 
 
 class ConfigError(ValueError):
@@ -107,46 +107,51 @@ class LossConfig:
     distil_ratio: float = 1.0
     """Total = (1 - distil_ratio) * lm_loss + distil_ratio * distil_loss (ignored for sft)."""
     temperature: float = 1.0
-    """Softmax temperature for the divergences that take one."""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra loss arguments, e.g. {beta: 0.5} for gjsd, {alpha: 0.1} for skew_fkl."""
+    """Softmax temperature, given to the loss (TAID included); sft and ctkd refuse one other than 1."""
     fused: bool = True
     """Chunked LM-head + loss path that never holds [N, V] logits for all response tokens."""
     chunk_size: int = 1024
     """Rows per chunk in the fused path."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Options per loss name, written in YAML as a block named after the loss inside `loss:`
+    (`loss.taid.t_start=0.3`, `loss.gjsd.beta=0.5`); the block of `name` goes to get_loss. Every
+    block is checked against its loss's options, so switching `name` keeps the others valid."""
+
+    # config_io: keys of the `loss:` section that are not fields are per-loss option blocks.
+    __extra_keys_field__ = "options"
 
     def check(self) -> None:
-        _check(self.name in LOSS_NAMES, "loss.name", f"unknown loss {self.name!r}; valid: {', '.join(LOSS_NAMES)}")
+        from taid_vlm.losses import LOSSES, OptionError, get_loss
+
+        names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
+        _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
-        _check(self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}")
         _check(self.chunk_size >= 1, "loss.chunk_size", "must be >= 1")
+        for loss_name, opts in self.options.items():
+            _check(loss_name in LOSSES, f"loss.{loss_name}",
+                   f"unknown key: neither a loss.* field nor a loss name ({names})")
+            _check(isinstance(opts, dict), f"loss.{loss_name}", "expected a mapping of that loss's options")
+        # The loss classes are the one place that knows their options and ranges: build each block's
+        # loss (cheap, no weights). The chosen loss gets `temperature` too; other blocks alone.
+        for loss_name in {self.name, *self.options}:
+            opts = self.loss_options() if loss_name == self.name else self.options[loss_name]
+            try:
+                get_loss(loss_name, **opts)
+            except OptionError as e:
+                block = self.options.get(loss_name, {})
+                where = f"loss.{loss_name}.{e.option}" if e.option in block else f"loss.{e.option}"
+                raise ConfigError(f"{where}: {e}") from None
+
+    def loss_options(self, name: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``get_loss(name)``: the loss's block plus ``temperature``."""
+        name = name or self.name
+        return {"temperature": self.temperature, **self.options.get(name, {})}
 
     @property
     def needs_teacher(self) -> bool:
-        return self.name != "sft"
+        from taid_vlm.losses import LOSSES
 
-
-@dataclass
-class TAIDConfig:
-    t_start: float = 0.4
-    """Initial interpolation parameter t (0 = student, 1 = teacher)."""
-    t_end: float = 1.0
-    """Final t."""
-    alpha: float = 5e-4
-    """Step size of the adaptive update."""
-    beta: float = 0.99
-    """Momentum of the relative-loss-change signal."""
-    adaptive: bool = True
-    """Adaptive update of Algorithm 1; False gives the linear schedule only."""
-    signal: str = "cross_entropy"
-    """Schedule signal: cross_entropy (official code: H(p_t, q)) or kl."""
-
-    def check(self) -> None:
-        _check(0.0 <= self.t_start < self.t_end <= 1.0, "taid.t_start",
-               f"need 0 <= t_start < t_end <= 1, got t_start={self.t_start}, t_end={self.t_end}")
-        _check(0.0 <= self.alpha <= 1.0, "taid.alpha", f"must be in [0, 1], got {self.alpha}")
-        _check(0.0 <= self.beta < 1.0, "taid.beta", f"must be in [0, 1), got {self.beta}")
-        _check(self.signal in ("cross_entropy", "kl"), "taid.signal", "must be cross_entropy or kl")
+        return LOSSES[self.name].needs_teacher
 
 
 @dataclass
@@ -278,8 +283,6 @@ class Config:
     """Training and validation data."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Which loss and how it is combined with the LM loss."""
-    taid: TAIDConfig = field(default_factory=TAIDConfig)
-    """TAID schedule (used when loss.name is taid)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation, checkpoints and devices."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -295,11 +298,9 @@ class Config:
     def check(self) -> None:
         """Validate every section; raises ConfigError naming the first bad field."""
         self.student.check("student")
-        if self.loss.needs_teacher:
-            if not self.teacher.cache:
-                self.teacher.check("teacher")
-        self.data.check()
         self.loss.check()
-        self.taid.check()
+        if self.loss.needs_teacher and not self.teacher.cache:
+            self.teacher.check("teacher")
+        self.data.check()
         self.train.check()
         self.sampling.check(self)

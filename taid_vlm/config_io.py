@@ -10,6 +10,7 @@ import difflib
 import inspect
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ def _unknown_key(name: str, key: str, valid: Any, what: str = "key") -> ConfigEr
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    extra_field = getattr(cls, "__extra_keys_field__", None)
+    if extra_field:  # e.g. loss: per-loss option blocks written beside the fields
+        extra = {k: data[k] for k in set(data) - names}
+        data = {k: v for k, v in data.items() if k in names}
+        if extra:
+            data[extra_field] = {**(data.get(extra_field) or {}), **extra}
     unknown = sorted(set(data) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
@@ -101,9 +108,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Read the layouts of earlier versions, with a warning that says how to write them now:
+    a top-level ``taid:`` section and ``loss.kwargs`` become option blocks inside ``loss:``."""
+    data = dict(data)
+    loss = dict(data.get("loss") or {})
+    name = loss.get("name", "taid")
+    if "taid" in data and isinstance(data["taid"], dict):
+        warnings.warn("config: the top-level `taid:` section is deprecated; put its keys in `loss:` as "
+                      "`loss.taid.<key>` (e.g. loss: {name: taid, taid: {t_start: 0.4}})", FutureWarning,
+                      stacklevel=3)
+        legacy = data.pop("taid")
+        if isinstance(loss.get("taid"), dict):
+            legacy = {**legacy, **loss["taid"]}
+        loss["taid"] = legacy
+    if isinstance(loss.get("kwargs"), dict):
+        warnings.warn(f"config: `loss.kwargs` is deprecated; write the options as `loss.{name}.<key>`",
+                      FutureWarning, stacklevel=3)
+        kwargs = loss.pop("kwargs")
+        loss[name] = {**kwargs, **(loss.get(name) or {})}
+    if loss:
+        data["loss"] = loss
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (model architecture dicts included)."""
-    cfg = _from_dict(Config, data)
+    cfg = _from_dict(Config, _upgrade_legacy(data))
     check_model_dict(cfg.student.config, "student.config", cfg.student.family)
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
         check_model_dict(cfg.teacher.config, "teacher.config", cfg.teacher.family)
@@ -193,8 +224,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The fully resolved config as plain data."""
     return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (saved beside every checkpoint)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

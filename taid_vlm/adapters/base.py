@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taid_vlm.data.types import Sample
-
-IGNORE_INDEX = -100
+from taid_vlm.data.types import IGNORE_INDEX, Sample
 
 
 @dataclass

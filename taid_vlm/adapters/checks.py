@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from taid_vlm.models.factory import check_vocab  # noqa: F401  (re-exported: the start-up checks in one place)
+
 # Strings whose token ids must agree: chat markup, digits, punctuation, mixed scripts, spaces.
 PROBE_STRINGS = (
     "Hello, world! How are you today?",
@@ -58,13 +60,3 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
     if problems:
         raise ValueError("teacher and student tokenizers differ (distillation needs the same text tokenizer):\n  - "
                          + "\n  - ".join(problems))
-
-
-def check_vocab(model_vocab_rows: int, tokenizer_len: int) -> None:
-    """The LM head must have a row per tokenizer id; extra (padded) rows are fine and are cut off
-    before any softmax. Raises ValueError when the head has fewer rows than the tokenizer."""
-    if model_vocab_rows < tokenizer_len:
-        raise ValueError(
-            f"the model's LM head has {model_vocab_rows} rows but the tokenizer has {tokenizer_len} tokens; "
-            "use the model's own tokenizer or resize the embeddings (model.resize_token_embeddings)"
-        )

@@ -10,16 +10,8 @@ from torch import nn
 
 from taid_vlm.adapters.base import Adapter, ResponseHidden, gather_response_hidden
 from taid_vlm.adapters.registry import register_adapter
-from taid_vlm.adapters.text import (
-    DTYPES,
-    encode_chat,
-    lm_head_view,
-    pad_left,
-    pad_right,
-    padded_ids,
-    prompt_messages,
-    resolve_tokenizer,
-)
+from taid_vlm.adapters.text import DTYPES, lm_head_view, pad_left, pad_right, padded_ids, resolve_tokenizer
+from taid_vlm.data.template import TokenizerTemplate
 from taid_vlm.data.types import Sample, SkipSample
 
 
@@ -32,6 +24,18 @@ def load_image(ref: Any):
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected an ImageRef or a PIL image, got {type(ref).__name__}")
     return image.convert("RGB")
+
+
+class ComposedTemplate(TokenizerTemplate):
+    """The composed student's chat template over block contents (it renders each image block as one
+    ``<image>``), with each ``<image>`` expanded to the model's image slots before tokenizing."""
+
+    def __init__(self, processor: Any, chat_template: str | None) -> None:
+        super().__init__(processor.tokenizer, chat_template, flatten=False)
+        self.processor = processor
+
+    def process(self, text: str, num_images: int = 0) -> dict[str, Any]:
+        return super().process(self.processor.expand_image_tokens(text), num_images)
 
 
 def _count_image_blocks(messages: list[dict]) -> int:
@@ -56,6 +60,7 @@ class ComposedAdapter(Adapter):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.chat_template = chat_template or processor.chat_template or self.tokenizer.chat_template
+        self.template = ComposedTemplate(processor, self.chat_template)
         from taid_vlm.adapters.checks import check_vocab
 
         check_vocab(model.get_output_embeddings().weight.shape[0], len(self.tokenizer))
@@ -78,9 +83,7 @@ class ComposedAdapter(Adapter):
     def encode(self, sample: Sample, max_length: int) -> dict[str, torch.Tensor]:
         """``input_ids/attention_mask/labels [L]`` + ``pixel_values [n_img, 3, S, S]``."""
         pixels = self._pixels(sample)
-        enc = encode_chat(self.tokenizer, sample.messages, max_length, self.chat_template,
-                          image_token_id=self.model.config.image_token_id,
-                          image_repeat=self.model.config.num_image_tokens)
+        enc = self.template.encode(sample.messages, max_length)
         enc["pixel_values"] = pixels
         return enc
 
@@ -102,10 +105,7 @@ class ComposedAdapter(Adapter):
         seqs, pixels = [], []
         for s in samples:
             pixels.append(self._pixels(s))
-            text = self.tokenizer.apply_chat_template(prompt_messages(s.messages), chat_template=self.chat_template,
-                                                      tokenize=False, add_generation_prompt=True)
-            seqs.append(torch.tensor(self.tokenizer(self.processor.expand_image_tokens(text),
-                                                    add_special_tokens=False)["input_ids"]))
+            seqs.append(self.template.encode_prompt(s.messages)["input_ids"])
         ids, att = pad_left(seqs, self.tokenizer.pad_token_id)
         dev = next(self.model.parameters()).device
         pix = torch.cat(pixels).to(dev)

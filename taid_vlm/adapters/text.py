@@ -1,20 +1,19 @@
-"""Text-only causal LMs (any ``AutoModelForCausalLM``), plus the chat-encoding and LM-head helpers
-that the composed adapter shares."""
+"""Text-only causal LMs (any ``AutoModelForCausalLM``), plus the padding and LM-head helpers that
+the composed adapter shares. Labels come from ``data/template.py``, the one label engine."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from taid_vlm.adapters.base import IGNORE_INDEX, Adapter, ResponseHidden, gather_response_hidden
+from taid_vlm.adapters.base import Adapter, ResponseHidden, gather_response_hidden
 from taid_vlm.adapters.registry import register_adapter
-from taid_vlm.data.types import Sample, SkipSample
+from taid_vlm.data.template import TokenizerTemplate
+from taid_vlm.data.types import IGNORE_INDEX, Sample, SkipSample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # HF model_types that `family: auto` maps to this adapter (text-only causal LMs).
 TEXT_MODEL_TYPES = (
     "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral", "mixtral", "gemma", "gemma2", "phi",
@@ -51,67 +50,6 @@ def padded_ids(lm: nn.Module, vocab: int) -> list[int] | None:
     return list(range(vocab, rows)) or None
 
 
-def prompt_messages(messages: list[dict]) -> list[dict]:
-    """All turns before the last assistant turn (the part a model must answer)."""
-    if messages and messages[-1]["role"] == "assistant":
-        return messages[:-1]
-    return list(messages)
-
-
-def _assistant_mask(tokenizer: Any, messages: list[dict], template: str) -> tuple[list[int], list[int]]:
-    """``(ids, mask)`` with mask 1 on assistant tokens (end-of-turn token included)."""
-    if _GENERATION_TAG.search(template):
-        out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        return list(out["input_ids"]), list(out["assistant_masks"])
-    # No generation markers: an assistant turn spans from the end of the prompt rendered with the
-    # generation header to the end of the rendering that includes the turn (trailing space cut).
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            start = len(tokenizer.apply_chat_template(messages[:i], chat_template=template, tokenize=False,
-                                                      add_generation_prompt=True))
-            end = len(tokenizer.apply_chat_template(messages[:i + 1], chat_template=template, tokenize=False).rstrip())
-            spans.append((start, end))
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(b > a and any(s <= a and b <= e for s, e in spans)) for a, b in enc["offset_mapping"]]
-    return list(enc["input_ids"]), mask
-
-
-def encode_chat(tokenizer: Any, messages: list[dict], max_length: int, template: str | None = None,
-                image_token_id: int | None = None, image_repeat: int = 1) -> dict[str, torch.Tensor]:
-    """Render + tokenise a conversation; labels keep only assistant tokens.
-
-    Each ``image_token_id`` is repeated ``image_repeat`` times (the composed model's image slots).
-    Truncation to ``max_length`` keeps whole assistant turns only, so both sides of a teacher/
-    student pair never see half a response; SkipSample when not even the first turn fits.
-    Returns ``input_ids [L]``, ``attention_mask [L]``, ``labels [L]`` (int64).
-    """
-    template = template or tokenizer.chat_template
-    if not template:
-        raise ValueError("the tokenizer has no chat template; set `chat_template` in the model config")
-    ids, mask = _assistant_mask(tokenizer, messages, template)
-    if image_token_id is not None and image_repeat != 1:
-        ids2, mask2 = [], []
-        for t, m in zip(ids, mask):
-            n = image_repeat if t == image_token_id else 1
-            ids2 += [t] * n
-            mask2 += [m] * n
-        ids, mask = ids2, mask2
-    if not any(mask):
-        raise SkipSample("no_assistant_turn", "the chat template marked no assistant tokens")
-    if len(ids) > max_length:
-        ends = [i + 1 for i in range(len(mask)) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
-        fitting = [e for e in ends if e <= max_length]
-        if not fitting:
-            raise SkipSample("response_truncated", f"{len(ids)} tokens > max_length {max_length}")
-        ids, mask = ids[:fitting[-1]], mask[:fitting[-1]]
-    input_ids = torch.tensor(ids, dtype=torch.long)
-    labels = torch.where(torch.tensor(mask, dtype=torch.bool), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-
-
 def pad_right(encodings: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     """Stack ``input_ids``/``attention_mask``/``labels`` padded on the right -> ``[B, L_max]``."""
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
@@ -133,17 +71,6 @@ def pad_left(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, att
 
 
-def text_only(messages: list[dict]) -> list[dict]:
-    """Content block lists -> plain strings (most text-LM chat templates expect strings)."""
-    out = []
-    for m in messages:
-        c = m["content"]
-        if not isinstance(c, str):
-            c = "".join(b.get("text", "") for b in c if b.get("type") == "text")
-        out.append({**m, "content": c})
-    return out
-
-
 def has_image_blocks(sample: Sample) -> bool:
     return bool(sample.images) or any(
         not isinstance(m["content"], str) and any(b.get("type") == "image" for b in m["content"])
@@ -161,6 +88,8 @@ class TextAdapter(Adapter):
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template or tokenizer.chat_template
+        # Labels come from the one label engine (data/template.py), as for every other adapter.
+        self.template = TokenizerTemplate(tokenizer, self.chat_template) if self.chat_template else None
         from taid_vlm.adapters.checks import check_vocab
 
         check_vocab(model.get_output_embeddings().weight.shape[0], len(tokenizer))
@@ -171,10 +100,16 @@ class TextAdapter(Adapter):
             raise ValueError(f"sample {sample.id!r} has images but the {self.name!r} family is text-only; "
                              "use a VLM or composed model, or text-only data")
 
+    def _require_template(self) -> TokenizerTemplate:
+        if self.template is None:
+            raise ValueError("the tokenizer has no chat template; set `chat_template` in the model config")
+        return self.template
+
     def encode(self, sample: Sample, max_length: int) -> dict[str, torch.Tensor]:
+        """``input_ids/attention_mask/labels [L]`` with labels on the assistant tokens only."""
         if has_image_blocks(sample):
             raise SkipSample("image_for_text_model", f"sample {sample.id!r} has images")
-        return encode_chat(self.tokenizer, text_only(sample.messages), max_length, self.chat_template)
+        return self._require_template().encode(sample.messages, max_length)
 
     def collate(self, encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return pad_right(encodings, self.tokenizer.pad_token_id)
@@ -205,10 +140,7 @@ class TextAdapter(Adapter):
         seqs = []
         for s in samples:
             self.check_supports(s)
-            text = self.tokenizer.apply_chat_template(text_only(prompt_messages(s.messages)),
-                                                      chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True)
-            seqs.append(torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            seqs.append(self._require_template().encode_prompt(s.messages)["input_ids"])
         return self._generate_ids(seqs, max_new_tokens, **gen_kwargs)
 
 

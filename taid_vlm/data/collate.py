@@ -12,9 +12,7 @@ from typing import Any
 import torch
 
 from taid_vlm.data.report import DataReport
-from taid_vlm.data.types import Sample, SkipSample
-
-IGNORE_INDEX = -100
+from taid_vlm.data.types import IGNORE_INDEX, Sample, SkipSample
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: int | float, side: str = "right") -> torch.Tensor:
@@ -37,6 +35,12 @@ def response_ids(encoding: dict[str, Any]) -> torch.Tensor:
     """``[R]`` the labelled (response) token ids of one unbatched encoding, in order."""
     labels = torch.as_tensor(encoding["labels"])
     return labels[labels != IGNORE_INDEX]
+
+
+def predicted_labels(encoding: dict[str, Any]) -> torch.Tensor:
+    """``[L - 1]`` the labels a causal LM predicts (position 0 has no preceding token); the
+    response rows of ``ResponseHidden`` and of the teacher cache are these, in order."""
+    return torch.as_tensor(encoding["labels"])[1:]
 
 
 def _keep_first_responses(encoding: dict[str, Any], n: int) -> None:
@@ -99,6 +103,8 @@ class PairCollator:
             ``teacher_max_length`` is given).
         report: ``DataReport`` that counts skipped samples (once per sample id).
         strict: re-raise ``SkipSample`` instead of skipping.
+        teacher_cache: a ``TeacherCache`` standing in for the teacher; each sample's response ids
+            are checked against the ids the cache was written for.
     Returns per call: ``student``/``teacher`` are the adapters' padded batches (``labels [B, L]``
     with -100 outside responses), ``ids`` the kept sample ids in order, ``num_tokens`` the number of
     response tokens the student predicts (``labels[:, 1:] != -100``), ``skipped`` the
@@ -111,8 +117,8 @@ class PairCollator:
     """
 
     def __init__(self, student: Any, teacher: Any = None, *, max_length: int, report: DataReport | None = None,
-                 strict: bool = False, teacher_max_length: int | None = None) -> None:
-        self.student, self.teacher = student, teacher
+                 strict: bool = False, teacher_max_length: int | None = None, teacher_cache: Any = None) -> None:
+        self.student, self.teacher, self.teacher_cache = student, teacher, teacher_cache
         self.max_length = max_length
         self.teacher_max_length = teacher_max_length or max_length
         self.report = report if report is not None else DataReport()
@@ -131,9 +137,15 @@ class PairCollator:
             if skipped is not None:
                 skipped.append((sample.id, skip.reason, skip.detail))
             return None
+        # The one teacher/student alignment check of a run: here, on the CPU, once per sample (the
+        # training step trusts it and never syncs the device to compare ids again).
+        tokenizer = getattr(self.student, "tokenizer", None)
         if t is not None:
             turns = sum(1 for m in sample.messages if m["role"] == "assistant")
-            check_pair(sample.id, s, t, num_turns=turns, tokenizer=getattr(self.student, "tokenizer", None))
+            check_pair(sample.id, s, t, num_turns=turns, tokenizer=tokenizer)
+        elif self.teacher_cache is not None and sample.id in self.teacher_cache:
+            cached = {"labels": self.teacher_cache.rows([sample.id])["targets"]}
+            check_pair(sample.id, {"labels": predicted_labels(s)}, cached, tokenizer=tokenizer)
         return s, t
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:

@@ -45,9 +45,6 @@ class DataReport:
         for sample_id, reason, detail in (batch or {}).get("skipped", []):
             self.skip(reason, detail, sample_id=sample_id)
 
-    def is_skipped(self, sample_id: str) -> bool:
-        return sample_id in self._skipped_ids
-
     def summary(self) -> str:
         """One line, e.g. ``data: read 12, used 9, skipped 3 (corrupt_image 2, empty_answer 1)``."""
         total = sum(self.skipped.values())

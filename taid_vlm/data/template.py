@@ -8,7 +8,8 @@ conversation; a template that breaks this (e.g. one that rewrites earlier turns 
 exists) raises ``TemplateError`` rather than producing wrong labels.
 
 Truncation to ``max_length`` keeps whole assistant turns only: the conversation is cut after
-the last assistant turn that fits (and re-encoded, so images in dropped turns go too). If the
+the last assistant turn that fits (and re-encoded, so images in dropped turns go too), right after
+that turn's last labelled token. If the
 first assistant response does not fit, ``SkipSample("response_truncated")``. Cutting in the
 middle of a response is avoided on purpose: the teacher and student of a pair, with different
 templates, would keep different response prefixes and could not be aligned.
@@ -21,9 +22,8 @@ from typing import Any
 
 import torch
 
-from taid_vlm.data.types import SkipSample
+from taid_vlm.data.types import IGNORE_INDEX, SkipSample
 
-IGNORE_INDEX = -100
 Render = Callable[[list[dict[str, Any]], bool], str]
 Process = Callable[[str, int], dict[str, Any]]
 
@@ -126,7 +126,13 @@ def encode_conversation(messages: list[dict[str, Any]], *, render: Render, proce
         keep = max(k for k, (_, e) in enumerate(spans) if e <= max_length)
         messages = messages[: turns[keep] + 1]
         out, ids, spans = _encode_full(messages, render, process, eos_in_labels)
-        ids, out["input_ids"] = ids[:max_length], ids[:max_length]  # a template epilogue may remain
+        # Cut right after the last kept response: the template's epilogue (a newline after the
+        # end-of-turn token, say) carries no label and may not fit. Per-token tensors follow.
+        cut, width = spans[-1][1], len(ids)
+        for key, value in list(out.items()):
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[-1] == width:
+                out[key] = value[..., :cut]
+        ids = ids[:cut]
     labels = torch.full_like(ids, IGNORE_INDEX)
     for s, e in spans:
         labels[s:e] = ids[s:e]

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Label of a position that carries no target (prompt, image slots, padding): the value PyTorch's
+# cross-entropy ignores. The one definition; labels, collation, adapters and losses all use it.
+IGNORE_INDEX = -100
+
 
 class SkipSample(Exception):
     """Raised for a record that cannot be used; ``reason`` is a short key counted in the data report.

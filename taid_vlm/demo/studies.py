@@ -22,7 +22,7 @@ from taid_vlm.demo.run import stage_data, stage_eval, stage_train, train_config
 # Study method name -> (loss name, config overrides).
 METHOD_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     **{m: (m, {}) for m in ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")},
-    "taid_linear": ("taid", {"taid": {"adaptive": False}}),
+    "taid_linear": ("taid", {"loss": {"taid": {"adaptive": False}}}),
 }
 
 

@@ -6,7 +6,7 @@ Public API (DESIGN.md section 3)::
     total_variation, generalized_jsd, skew_forward_kl, skew_reverse_kl, adaptive_kl
 """
 
-from taid_vlm.losses._validate import NonFiniteError
+from taid_vlm.losses._validate import NonFiniteError, OptionError
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.functional import (
     adaptive_kl,
@@ -20,12 +20,12 @@ from taid_vlm.losses.functional import (
 )
 from taid_vlm.losses.fused import fused_distill_loss, fused_linear_losses
 from taid_vlm.losses.modules import CTKDLoss, DKDLoss, TAIDLoss
-from taid_vlm.losses.registry import LOSS_NAMES, LOSSES, get_loss
+from taid_vlm.losses.registry import LOSS_NAMES, LOSSES, get_loss, loss_options, register_loss
 from taid_vlm.losses.schedule import TAIDSchedule
 from taid_vlm.losses.taid import taid_loss
 
 __all__ = [
-    "NonFiniteError",
+    "NonFiniteError", "OptionError", "loss_options", "register_loss",
     "CTKDLoss", "DKDLoss", "DistillLoss", "LOSSES", "LOSS_NAMES", "TAIDLoss", "TAIDSchedule", "adaptive_kl",
     "dkd_loss", "forward_kl", "fused_distill_loss", "fused_linear_losses", "generalized_jsd", "get_loss",
     "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "taid_loss", "total_variation",

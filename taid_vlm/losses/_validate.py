@@ -11,7 +11,9 @@ import math
 
 import torch
 
-IGNORE_INDEX = -100
+from taid_vlm.data.types import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "NEG_FILL", "NonFiniteError", "OptionError"]
 # exp(NEG_FILL - max) underflows to exactly 0 in fp32, so a filled column has probability 0 (as if
 # sliced out of the vocabulary) while log-probabilities stay finite and products with 0 stay 0.
 NEG_FILL = -1e9
@@ -20,6 +22,14 @@ REDUCTIONS = ("mean", "sum")
 
 class NonFiniteError(ValueError):
     """Logits, hidden states or weights hold NaN or +inf (a diverged model, or bad input)."""
+
+
+class OptionError(ValueError):
+    """A loss option is invalid; ``option`` names it (so that a config can name ``loss.<option>``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def check_logits(x: torch.Tensor, name: str) -> None:
@@ -54,16 +64,16 @@ def check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool 
     """``value`` as a float inside ``[lo, hi]`` (``(`` / ``)`` where open), else ValueError naming it."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+            raise OptionError(name, f"{name} must be a scalar, got shape {tuple(value.shape)}")
         value = float(value)
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise OptionError(name, f"{name} must be a number, got {value!r}") from None
     bad = (not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi))
     if bad:
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value}")
+        raise OptionError(name, f"{name} must be in {lb}{lo}, {hi}{rb}, got {value}")
     return v
 
 
@@ -109,6 +119,17 @@ def sanitize(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def sanitize_pair(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sanitize`` both sides with one set of excluded columns: a column that is -inf on either side
+    (a vocabulary one model lacks) is excluded from both, so it adds a zero term to every divergence
+    instead of a ~1e9-sized one where only one side excludes it (reverse KL, AKL)."""
+    s, t = s.float(), t.float()
+    neg = torch.isneginf(s) | torch.isneginf(t)
+    if bool(neg.any()):
+        s, t = s.masked_fill(neg, NEG_FILL), t.masked_fill(neg, NEG_FILL)
+    return s, t
+
+
 def valid_rows(mask: torch.Tensor | None, labels: torch.Tensor | None, n: int,
                device: torch.device) -> torch.Tensor | None:
     """Flat bool ``[N]`` of rows that count (mask true and label not ignored); None when all count."""
@@ -151,7 +172,10 @@ def prepare(student: torch.Tensor, teacher: torch.Tensor | None, mask: torch.Ten
         s = s[valid]
         t = t[valid] if t is not None else None
         lab = lab[valid] if lab is not None else None
-    return sanitize(s), (sanitize(t) if t is not None else None), lab, s.shape[0]
+    if t is None:
+        return sanitize(s), None, lab, s.shape[0]
+    s, t = sanitize_pair(s, t)
+    return s, t, lab, s.shape[0]
 
 
 def reduce(per_token: torch.Tensor, n_valid: int, reduction: str) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -9,12 +11,18 @@ from taid_vlm.losses._validate import check_reduction, check_temperature, prepar
 
 
 class DistillLoss(nn.Module):
-    """A named distillation loss over response tokens.
+    """A named distillation loss over response tokens; it owns its state and its per-step hooks.
 
     Subclasses implement ``per_token`` (or ``per_token_with_stats``) on raw fp32 logits of the valid
     rows; the same code serves the full-logits ``forward`` and ``fused_linear_losses`` (which feeds it
     chunk by chunk), so the two paths agree for every loss. ``value_and_grad`` may be overridden with
     a closed form that needs fewer ``[C, V]`` buffers (TAID, forward KL).
+
+    The trainer knows no loss by name. Per optimizer step it calls ``on_step_begin(step, total)``,
+    then the loss on each micro-batch, then ``on_optimizer_step(stats, step, total)`` with the
+    token-means of ``stat_keys`` over every micro-batch and rank, and logs what that returns. The
+    loss's own state (TAID's schedule, CTKD's curriculum) travels in ``state_dict()`` with its
+    parameters (as nn.Module "extra state"), so checkpoints restore it without the trainer knowing.
 
     Attributes:
         name: registry name.
@@ -50,28 +58,59 @@ class DistillLoss(nn.Module):
         return self.per_token(student_logits, teacher_logits, labels), {}
 
     # -- shared -----------------------------------------------------------------------------------
-    def _tempered(self, s: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _tempered(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.temperature == 1.0:
-            return s, t
-        return s / self.temperature, (None if t is None else t / self.temperature)
+            return student_logits, teacher_logits
+        t = self.temperature
+        return student_logits / t, (None if teacher_logits is None else teacher_logits / t)
 
     def trainable_params(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def value_and_grad(self, s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor | None,
-                       need_grad: bool):
+    # -- per-step hooks and state (the trainer's whole interface to a loss's schedule) ---------------
+    def on_step_begin(self, step: int, total_steps: int) -> None:
+        """Called before the micro-batches of optimizer step ``step`` (0-based) of ``total_steps``."""
+
+    def on_optimizer_step(self, stats: dict[str, float] | None, step: int, total_steps: int) -> dict[str, float]:
+        """Called once after optimizer step ``step`` (0-based; never per micro-batch, never in eval).
+
+        Args:
+            stats: token-means of ``stat_keys`` over all micro-batches and ranks of the step (equal on
+                every rank), or None when the step was skipped as non-finite.
+        Returns:
+            values to log for this step (e.g. ``{"taid_t": ...}``); the same on every rank.
+        """
+        return {}
+
+    def loss_state(self) -> dict[str, Any]:
+        """JSON-serialisable state beyond parameters (schedules); restored by ``load_loss_state``."""
+        return {}
+
+    def load_loss_state(self, state: dict[str, Any]) -> None:
+        """Inverse of ``loss_state``."""
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # nn.Module puts this in state_dict() beside the parameters: one state_dict for the whole loss.
+        return self.loss_state()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.load_loss_state(state)
+
+    def value_and_grad(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                       labels: torch.Tensor | None, need_grad: bool):
         """Values and gradient of ``sum(per_token)`` for one chunk (fused path).
 
         Args:
-            s: ``[C, V]`` fp32 student logits (not modified); t: ``[C, V]`` fp32 teacher logits, owned
-                by the caller and MAY be overwritten; labels: ``[C]`` or None.
+            student_logits: ``[C, V]`` fp32 (not modified); teacher_logits: ``[C, V]`` fp32, owned by
+                the caller and MAY be overwritten; labels: ``[C]`` or None.
         Returns:
             ``(values [C], stats {key: [C]}, grad_s [C, V] | None, param_grads list | None)``, detached.
         """
         params = self.trainable_params() if need_grad else []
         with torch.enable_grad():
-            leaf = s.detach().requires_grad_(need_grad)
-            vals, extras = self.per_token_with_stats(leaf, t, labels)
+            leaf = student_logits.detach().requires_grad_(need_grad)
+            vals, extras = self.per_token_with_stats(leaf, teacher_logits, labels)
             if not need_grad:
                 return vals.detach(), extras, None, None
             grads = torch.autograd.grad(vals.sum(), [leaf, *params], allow_unused=True)

@@ -50,13 +50,20 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
             sums["lm"] += (lse.view(-1) - s.gather(1, lab.unsqueeze(1)).view(-1)).sum()
         grad = None
         if loss.needs_teacher:
+            s_distil = s
             if tl is not None:
                 t = tl[a:b].to(torch.float32, copy=True)
-                t.masked_fill_(torch.isneginf(t), NEG_FILL)
+                neg = torch.isneginf(t)
+                if bool(neg.any()):
+                    # Excluded for the student too (as sanitize_pair does on the full path); the LM
+                    # cross-entropy above keeps the student's whole vocabulary.
+                    t.masked_fill_(neg, NEG_FILL)
+                    s_distil = s.masked_fill(neg, NEG_FILL)
+                del neg
             else:
                 t = (th[a:b] @ tw.T).float()
-            vals, extras, grad, pg = loss.value_and_grad(s, t, lab, distil_grad and any_grad)
-            del t
+            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad)
+            del t, s_distil
             sums["distil"] += vals.sum()
             for k in stats:
                 stats[k] += extras[k].float().sum()

@@ -8,15 +8,16 @@ import torch
 from torch import nn
 
 from taid_vlm.losses import divergences as D
-from taid_vlm.losses._validate import check_range
+from taid_vlm.losses._validate import OptionError, check_range
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.schedule import TAIDSchedule
-from taid_vlm.losses.taid import taid_per_token, taid_value_and_grad
+from taid_vlm.losses.taid import forward_kl_value_and_grad, taid_per_token, taid_value_and_grad
 
 
 def _no_temperature(name: str, temperature: float) -> None:
     if float(temperature) != 1.0:
-        raise ValueError(f"temperature: {name} takes no temperature (got {temperature}); leave it at 1.0")
+        raise OptionError("temperature", f"temperature: {name} takes no temperature (got {temperature}); "
+                                         "leave it at 1.0")
 
 
 class SFTLoss(DistillLoss):
@@ -28,8 +29,8 @@ class SFTLoss(DistillLoss):
         _no_temperature("sft", temperature)
         super().__init__()
 
-    def per_token(self, s, t, labels):
-        return D.ce_per_token(s, labels)
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.ce_per_token(student_logits, labels)
 
 
 class ForwardKLLoss(DistillLoss):
@@ -37,11 +38,11 @@ class ForwardKLLoss(DistillLoss):
 
     name = "fkl"
 
-    def per_token(self, s, t, labels):
-        return D.fkl_per_token(*self._tempered(s, t))
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.fkl_per_token(*self._tempered(student_logits, teacher_logits))
 
-    def value_and_grad(self, s, t, labels, need_grad):
-        kl, _, grad = taid_value_and_grad(s, t, 1.0, self.temperature, need_grad)
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad):
+        kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad)
         return kl, {}, grad, ([] if need_grad else None)
 
 
@@ -50,8 +51,8 @@ class ReverseKLLoss(DistillLoss):
 
     name = "rkl"
 
-    def per_token(self, s, t, labels):
-        return D.rkl_per_token(*self._tempered(s, t))
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.rkl_per_token(*self._tempered(student_logits, teacher_logits))
 
 
 class TVDLoss(DistillLoss):
@@ -59,8 +60,8 @@ class TVDLoss(DistillLoss):
 
     name = "tvd"
 
-    def per_token(self, s, t, labels):
-        return D.tvd_per_token(*self._tempered(s, t))
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.tvd_per_token(*self._tempered(student_logits, teacher_logits))
 
 
 class GJSDLoss(DistillLoss):
@@ -72,8 +73,8 @@ class GJSDLoss(DistillLoss):
         super().__init__(temperature)
         self.beta = check_range("beta", beta, 0.0, 1.0, lo_open=True, hi_open=True)
 
-    def per_token(self, s, t, labels):
-        return D.gjsd_per_token(*self._tempered(s, t), self.beta)
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.gjsd_per_token(*self._tempered(student_logits, teacher_logits), self.beta)
 
 
 class SkewFKLLoss(DistillLoss):
@@ -85,8 +86,8 @@ class SkewFKLLoss(DistillLoss):
         super().__init__(temperature)
         self.alpha = check_range("alpha", alpha, 0.0, 1.0)
 
-    def per_token(self, s, t, labels):
-        return D.skew_fkl_per_token(*self._tempered(s, t), self.alpha)
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.skew_fkl_per_token(*self._tempered(student_logits, teacher_logits), self.alpha)
 
 
 class SkewRKLLoss(SkewFKLLoss):
@@ -94,8 +95,8 @@ class SkewRKLLoss(SkewFKLLoss):
 
     name = "skew_rkl"
 
-    def per_token(self, s, t, labels):
-        return D.skew_rkl_per_token(*self._tempered(s, t), self.alpha)
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.skew_rkl_per_token(*self._tempered(student_logits, teacher_logits), self.alpha)
 
 
 class AKLLoss(DistillLoss):
@@ -107,12 +108,19 @@ class AKLLoss(DistillLoss):
         super().__init__(temperature)
         self.mu = check_range("mu", mu, 0.0, 1.0, lo_open=True)
 
-    def per_token(self, s, t, labels):
-        return D.akl_per_token(*self._tempered(s, t), self.mu)
+    def per_token(self, student_logits, teacher_logits, labels):
+        return D.akl_per_token(*self._tempered(student_logits, teacher_logits), self.mu)
 
 
 class DKDLoss(DistillLoss):
-    """Decoupled KD: (alpha * TCKD + beta * NCKD) * T^2, target = labels."""
+    """Decoupled KD: (alpha * TCKD + beta * NCKD) * T^2, target = labels.
+
+    Reduction: the mean over valid response tokens, like every loss here. The official DKD code
+    (image classification) averages over the batch, where every position has a target; for
+    sequences that would be over all positions, padding and prompt included, so the loss scale would
+    change with the prompt length and the padding of a batch. Per valid token keeps it comparable
+    with the other losses and independent of how tokens are split into micro-batches.
+    """
 
     name, needs_labels = "dkd", True
 
@@ -121,8 +129,8 @@ class DKDLoss(DistillLoss):
         self.alpha = check_range("alpha", alpha, 0.0, math.inf, hi_open=True)
         self.beta = check_range("beta", beta, 0.0, math.inf, hi_open=True)
 
-    def per_token(self, s, t, labels):
-        s, t = self._tempered(s, t)
+    def per_token(self, student_logits, teacher_logits, labels):
+        s, t = self._tempered(student_logits, teacher_logits)
         return D.dkd_per_token(s, t, labels, self.alpha, self.beta) * self.temperature**2
 
 
@@ -145,8 +153,8 @@ class CTKDLoss(DistillLoss):
     tau = temp_min + temp_range * sigmoid(raw), raw a parameter (init 1.0 as in CTKD) whose gradient
     is reversed and scaled by lambda, so the optimiser raises the KL w.r.t. tau while lowering it
     w.r.t. the student. Value: KL(p_tau || q_tau) * tau^2. lambda follows a cosine from
-    ``lambda_min`` to ``lambda_max`` through ``set_progress(step, total_steps)``; before any call it
-    is ``lambda_max``. Add ``parameters()`` to the optimiser.
+    ``lambda_min`` to ``lambda_max`` over training, set by ``on_step_begin(step, total_steps)``
+    (``set_progress``); before any call it is ``lambda_max``. ``parameters()`` go to the optimiser.
     """
 
     name = "ctkd"
@@ -174,21 +182,31 @@ class CTKDLoss(DistillLoss):
         self.grl_lambda = self.lambda_min + (self.lambda_max - self.lambda_min) * 0.5 * (1 - math.cos(math.pi * frac))
         return self.grl_lambda
 
+    def on_step_begin(self, step: int, total_steps: int) -> None:
+        self.set_progress(step, total_steps)
+
+    def on_optimizer_step(self, stats, step: int, total_steps: int) -> dict[str, float]:
+        return {"ctkd_temperature": float(self.current_temperature().detach()), "ctkd_lambda": self.grl_lambda}
+
     def current_temperature(self, device: torch.device | None = None) -> torch.Tensor:
         raw = _ReverseGrad.apply(self.raw_temperature, self.grl_lambda)
         tau = self.temp_min + self.temp_range * torch.sigmoid(raw)
         return tau if device is None else tau.to(device)
 
-    def per_token(self, s, t, labels):
-        tau = self.current_temperature(s.device)
-        return D.fkl_per_token(s / tau, t / tau) * tau * tau
+    def per_token(self, student_logits, teacher_logits, labels):
+        tau = self.current_temperature(student_logits.device)
+        return D.fkl_per_token(student_logits / tau, teacher_logits / tau) * tau * tau
 
 
 class TAIDLoss(DistillLoss):
-    """TAID: KL(p_t || q) with t from ``self.schedule`` (updated by the trainer once per step).
+    """TAID: KL(p_t || q) with the interpolation parameter t from its own ``TAIDSchedule``.
 
-    ``stats``: ``taid_kl`` and ``taid_ce`` (= KL + H(p_t), the official schedule signal) sums over
-    valid tokens; ``signal_key`` names the one ``signal`` selects. ``t`` (optional) fixes the start t.
+    Options: the schedule's ``t_start``, ``t_end``, ``alpha``, ``beta``, ``adaptive``; ``signal``
+    (``cross_entropy``, the official code's H(p_t, q), or ``kl``) drives the adaptive update;
+    ``temperature`` divides both logits before the softmax; ``t`` (optional) fixes the start t.
+    ``stats``: ``taid_kl`` and ``taid_ce`` (= KL + H(p_t)) sums over valid tokens. The schedule
+    advances in ``on_optimizer_step`` (once per optimizer step, with the all-reduced signal) and is
+    saved in ``state_dict()``.
     """
 
     name = "taid"
@@ -199,7 +217,7 @@ class TAIDLoss(DistillLoss):
                  t: float | None = None) -> None:
         super().__init__(temperature)
         if signal not in ("cross_entropy", "kl"):
-            raise ValueError(f"signal must be 'cross_entropy' or 'kl', got {signal!r}")
+            raise OptionError("signal", f"signal must be 'cross_entropy' or 'kl', got {signal!r}")
         self.schedule = TAIDSchedule(t_start, t_end, alpha, beta, adaptive)
         if t is not None:
             self.schedule.t = check_range("t", t, 0.0, 1.0)
@@ -210,13 +228,27 @@ class TAIDLoss(DistillLoss):
     def t(self) -> float:
         return check_range("t", self.schedule.t, 0.0, 1.0)
 
-    def per_token_with_stats(self, s, t, labels):
-        kl, ce = taid_per_token(*self._tempered(s, t), self.t)
+    def per_token_with_stats(self, student_logits, teacher_logits, labels):
+        kl, ce = taid_per_token(*self._tempered(student_logits, teacher_logits), self.t)
         return kl, {"taid_kl": kl.detach(), "taid_ce": ce}
 
-    def value_and_grad(self, s, t, labels, need_grad):
-        kl, ce, grad = taid_value_and_grad(s, t, self.t, self.temperature, need_grad)
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad):
+        kl, ce, grad = taid_value_and_grad(student_logits, teacher_logits, self.t, self.temperature, need_grad)
         return kl, {"taid_kl": kl, "taid_ce": ce}, grad, ([] if need_grad else None)
+
+    def on_optimizer_step(self, stats, step: int, total_steps: int) -> dict[str, float]:
+        """Algorithm 1's update with the step's signal; a skipped (non-finite) step leaves t as it is."""
+        signal = math.nan if stats is None else float(stats[self.signal_key])
+        if math.isfinite(signal):
+            self.schedule.update(signal, step, total_steps)
+        return {"taid_t": self.schedule.t, "taid_signal": signal}
+
+    def loss_state(self) -> dict:
+        return {"schedule": self.schedule.state_dict()}
+
+    def load_loss_state(self, state: dict) -> None:
+        if state:  # {} from a checkpoint written before the loss owned its schedule
+            self.schedule.load_state_dict(state["schedule"])
 
     def extra_repr(self) -> str:
         return f"t={self.schedule.t:.6f}, signal={self.signal!r}, temperature={self.temperature}"

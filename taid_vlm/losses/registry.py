@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
+from taid_vlm.losses._validate import OptionError
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.modules import (
     AKLLoss,
@@ -24,21 +26,40 @@ LOSSES: dict[str, type[DistillLoss]] = {
     for cls in (SFTLoss, ForwardKLLoss, ReverseKLLoss, TVDLoss, GJSDLoss, SkewFKLLoss, SkewRKLLoss, AKLLoss,
                 CTKDLoss, DKDLoss, TAIDLoss)
 }
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the built-in losses
 
 
-def get_loss(name: str, **kwargs) -> DistillLoss:
+def register_loss(cls: type[DistillLoss]) -> type[DistillLoss]:
+    """Class decorator: make ``cls`` available as ``get_loss(cls.name)`` and as ``loss.name`` in a
+    config. A new loss is one ``DistillLoss`` subclass; nothing outside ``losses/`` changes."""
+    if not (isinstance(cls, type) and issubclass(cls, DistillLoss)) or cls.name in ("", "base"):
+        raise TypeError(f"register_loss: expected a DistillLoss subclass with its own `name`, got {cls!r}")
+    if cls.name in LOSSES and LOSSES[cls.name] is not cls:
+        raise ValueError(f"register_loss: a loss named {cls.name!r} is registered already ({LOSSES[cls.name]})")
+    LOSSES[cls.name] = cls
+    return cls
+
+
+def loss_options(name: str) -> tuple[str, ...]:
+    """The options ``get_loss(name, **options)`` accepts (its class's constructor arguments)."""
+    if name not in LOSSES:
+        raise OptionError("name", f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
+    params = inspect.signature(LOSSES[name].__init__).parameters
+    return tuple(p for p in params if p != "self")
+
+
+def get_loss(name: str, **options) -> DistillLoss:
     """Build the loss registered as ``name`` (sft, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd, dkd, taid).
 
-    ``kwargs`` go to the class (e.g. ``beta`` for gjsd, ``alpha`` for skew_fkl, the schedule for taid).
-    Raises ValueError for an unknown name (listing the valid ones) or an unknown argument.
+    ``options`` go to the class (e.g. ``temperature``, ``beta`` for gjsd, the schedule for taid).
+    Raises ``OptionError`` (a ValueError whose ``option`` names the culprit, ``"name"`` for an unknown
+    loss) listing the valid names or options; an out-of-range option raises it from the class.
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
-    cls = LOSSES[name]
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p != "self"]
-    unknown = sorted(set(kwargs) - set(allowed))
+    allowed = loss_options(name)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"get_loss({name!r}): unknown argument(s) {unknown}; valid: {', '.join(allowed)}")
-    return cls(**kwargs)
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise OptionError(unknown[0], f"loss {name!r} takes no option {unknown[0]!r}{hint}; "
+                                      f"its options: {', '.join(allowed)}")
+    return LOSSES[name](**options)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from taid_vlm.losses._validate import check_range
+from taid_vlm.losses._validate import OptionError, check_range
 
 
 class TAIDSchedule:
@@ -38,7 +38,7 @@ class TAIDSchedule:
         self.t_start = check_range("t_start", t_start, 0.0, 1.0)
         self.t_end = check_range("t_end", t_end, 0.0, 1.0)
         if self.t_start >= self.t_end:
-            raise ValueError(f"t_start must be < t_end, got t_start={t_start}, t_end={t_end}")
+            raise OptionError("t_start", f"t_start must be < t_end, got t_start={t_start}, t_end={t_end}")
         self.alpha = check_range("alpha", alpha, 0.0, 1.0)
         self.beta = check_range("beta", beta, 0.0, 1.0, hi_open=True)
         self.adaptive = bool(adaptive)

@@ -12,20 +12,21 @@ import torch.nn.functional as F
 from taid_vlm.losses._validate import check_range, check_reduction, check_temperature, prepare, reduce
 
 
-def taid_per_token(s: torch.Tensor, t_logits: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+def taid_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   t: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token TAID values with autograd.
 
     Args:
-        s: ``[N, V]`` fp32 student logits (tempered, sanitised); t_logits: same, teacher.
+        student_logits: ``[N, V]`` fp32 (tempered, sanitised); teacher_logits: same, teacher.
         t: interpolation parameter in [0, 1].
     Returns:
         ``(kl [N], ce [N])``: KL(p_t || q) (carries grad) and the cross-entropy H(p_t, q) =
         KL + H(p_t) (detached; the official code's schedule signal).
     """
     with torch.no_grad():
-        lp = F.log_softmax((1.0 - t) * s.detach() + t * t_logits, dim=-1)
+        lp = F.log_softmax((1.0 - t) * student_logits.detach() + t * teacher_logits, dim=-1)
         p = lp.exp()
-    lq = F.log_softmax(s, dim=-1)
+    lq = F.log_softmax(student_logits, dim=-1)
     kl = (p * (lp - lq)).sum(-1)
     ce = -(p * lq.detach()).sum(-1)
     return kl, ce
@@ -36,36 +37,49 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def taid_value_and_grad(s: torch.Tensor, t_logits: torch.Tensor, t: float, temperature: float = 1.0,
-                        need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def taid_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,
+                        temperature: float = 1.0, need_grad: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Closed-form TAID values and gradient in at most three ``[C, V]`` buffers (fused path).
 
     Args:
-        s: ``[C, V]`` fp32 raw student logits (left unchanged).
-        t_logits: ``[C, V]`` fp32 raw teacher logits, OVERWRITTEN (used as a work buffer).
-        t: interpolation parameter; t = 1 gives forward KL.
+        student_logits: ``[C, V]`` fp32 raw student logits (left unchanged).
+        teacher_logits: ``[C, V]`` fp32 raw teacher logits, OVERWRITTEN (used as a work buffer).
+        t: interpolation parameter; t = 1 gives forward KL (see ``forward_kl_value_and_grad``).
         temperature: both sides are divided by it before the softmax.
     Returns:
-        ``(kl [C], ce [C], grad [C, V] | None)`` with grad = d sum(kl) / d s = (q - p_t) / T.
+        ``(kl [C], ce [C], grad [C, V] | None)`` with grad = d sum(kl) / d student_logits = (q - p_t) / T.
     """
-    sT = s if temperature == 1.0 else s / temperature
-    mix = t_logits
+    s_t = student_logits if temperature == 1.0 else student_logits / temperature
+    mix = teacher_logits
     if t != 1.0:
-        mix.mul_(t).add_(s, alpha=1.0 - t)
+        mix.mul_(t).add_(student_logits, alpha=1.0 - t)
     if temperature != 1.0:
         mix.div_(temperature)
     lse_m = torch.logsumexp(mix, -1, keepdim=True)
-    lse_s = torch.logsumexp(sT, -1, keepdim=True)
-    diff = torch.sub(mix, sT).add_(lse_s - lse_m)  # log p_t - log q
+    lse_s = torch.logsumexp(s_t, -1, keepdim=True)
+    diff = torch.sub(mix, s_t).add_(lse_s - lse_m)  # log p_t - log q
     p = mix.sub_(lse_m).exp_()
     kl = _rowdot(p, diff)
-    ce = lse_s.view(-1) - _rowdot(p, sT)
+    ce = lse_s.view(-1) - _rowdot(p, s_t)
     if not need_grad:
         return kl, ce, None
-    grad = torch.sub(sT, lse_s, out=diff).exp_().sub_(p)
+    grad = torch.sub(s_t, lse_s, out=diff).exp_().sub_(p)
     if temperature != 1.0:
         grad.div_(temperature)
     return kl, ce, grad
+
+
+def forward_kl_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                              temperature: float = 1.0, need_grad: bool = True
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Closed-form forward KL(p || q) values ``[C]`` and gradient ``(q - p) / T`` ``[C, V]``.
+
+    TAID's target at t = 1 is the teacher itself, so this is TAID's kernel with t = 1; the same
+    buffer contract holds (``teacher_logits`` is overwritten).
+    """
+    kl, _, grad = taid_value_and_grad(student_logits, teacher_logits, 1.0, temperature, need_grad)
+    return kl, grad
 
 
 def taid_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,

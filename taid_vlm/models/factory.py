@@ -43,8 +43,6 @@ def _token_ids(tokenizer: Any) -> dict[str, Any]:
 
 def text_config_from_dict(spec: dict[str, Any], tokenizer: Any):
     """An HF config for the LM from ``{"config": {...}}`` (random init), vocab >= len(tokenizer)."""
-    from taid_vlm.adapters.checks import check_vocab
-
     if not spec.get("config"):
         raise ValueError("text: set `path` to a pretrained LM or `config` (a dict with model_type)")
     cfg = copy.deepcopy(spec["config"])
@@ -64,8 +62,6 @@ def build_text_lm(config: dict[str, Any], tokenizer: Any, **load_kwargs: Any) ->
     A dict with ``model_type`` at its top level is taken as the ``config`` itself.
     ``load_kwargs`` go to ``from_pretrained`` / ``from_config`` (``attn_implementation``, ...).
     """
-    from taid_vlm.adapters.checks import check_vocab
-
     spec = {"config": config} if "model_type" in config else config
     if spec.get("path"):
         try:
@@ -133,3 +129,13 @@ def build_composed(config: dict[str, Any], tokenizer: Any, **load_kwargs: Any
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, build_processor(model.config, tokenizer)
+
+
+def check_vocab(model_vocab_rows: int, tokenizer_len: int) -> None:
+    """The LM head must have a row per tokenizer id; extra (padded) rows are fine and are cut off
+    before any softmax. Raises ValueError when the head has fewer rows than the tokenizer."""
+    if model_vocab_rows < tokenizer_len:
+        raise ValueError(
+            f"the model's LM head has {model_vocab_rows} rows but the tokenizer has {tokenizer_len} tokens; "
+            "use the model's own tokenizer or resize the embeddings (model.resize_token_embeddings)"
+        )

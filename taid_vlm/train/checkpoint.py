@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` holding the student weights (safetensors), the
 optimizer/scheduler/loss state and per-rank RNG states (``torch.save`` of tensors and plain data
-only, loaded with ``weights_only=True``), the TAID schedule, the data position and the resolved
+only, loaded with ``weights_only=True``), the loss's state (parameters and schedule, in its
+state_dict), the data position and the resolved
 config. It is written to a temporary folder and renamed, so a kill during a write leaves the
 previous checkpoint intact. Old checkpoints are renamed to a trash name before they are deleted,
 so a kill during clean-up never leaves a half-deleted folder that still looks complete. A write
@@ -118,7 +119,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically; keep the newest ``keep_last``. Returns its path.
 
-    ``state`` is JSON data (step, data position, TAID schedule, counters). Every rank writes its
+    ``state`` is JSON data (step, data position, counters). Every rank writes its
     RNG state; the main process writes everything else and does the rename.
     """
     root = Path(output_dir) / "checkpoints"
@@ -292,9 +293,15 @@ def load_checkpoint(
     trainer_state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(trainer_state["optimizer"])
     scheduler.load_state_dict(trainer_state["scheduler"])
+    state = json.loads((path / "state.json").read_text())
     for k, m in extra_modules.items():
-        m.load_state_dict(trainer_state["modules"][k])
+        saved = trainer_state["modules"][k]
+        if "_extra_state" in m.state_dict() and "_extra_state" not in saved:
+            # Written by 0.1.0, before a loss carried its own state: its TAID schedule sat in state.json.
+            legacy = state.get("taid_schedule")
+            saved = {**saved, "_extra_state": {"schedule": legacy} if legacy else {}}
+        m.load_state_dict(saved)
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((path / "state.json").read_text())
+    return state

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from taid_vlm.train.step import compute_losses, teacher_side
+from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
+
+if TYPE_CHECKING:
+    from taid_vlm.train.loop import Trainer
 
 
-def validation_loss(trainer: Any) -> dict[str, float]:
+def validation_loss(trainer: Trainer) -> dict[str, float]:
     """Token-weighted validation losses over ``data.val`` (sharded over ranks, then reduced)."""
     p, acc, cfg = trainer.parts, trainer.acc, trainer.cfg
     if not p.val_samples:
@@ -18,7 +21,8 @@ def validation_loss(trainer: Any) -> dict[str, float]:
     batches = [p.val_samples[i : i + bs] for i in range(0, len(p.val_samples), bs)]
     if cfg.eval.max_batches:
         batches = batches[: cfg.eval.max_batches]
-    sums = torch.zeros(4, device=acc.device)  # loss, distil, lm, tokens
+    keys = ("loss", "distil_loss", "lm_loss")
+    sums = torch.zeros(len(keys) + 1, device=acc.device)  # the named losses, then the token count
     # The unwrapped module: DDP's forward is a collective (buffer broadcast), and ranks may hold
     # different numbers of validation batches.
     student = acc.unwrap_model(p.student_module)
@@ -33,17 +37,17 @@ def validation_loss(trainer: Any) -> dict[str, float]:
                 lm = torch.nn.functional.cross_entropy(s.logits().float(), s.targets, reduction="sum")
                 out = {"loss": lm, "distil_loss": torch.full_like(lm, float("nan")), "lm_loss": lm}
             else:
-                t, t_logits = teacher_side(p, s, batch)
-                out = compute_losses(s, t, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False,
-                                     teacher_logits=t_logits)
-            sums += torch.stack([out["loss"].float(), out["distil_loss"].float(), out["lm_loss"].float(),
-                                 torch.tensor(float(batch["num_tokens"]), device=acc.device)])
+                teacher_rows, teacher_logits = teacher_side(p, s, batch)
+                out = compute_losses(s, teacher_rows, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False,
+                                     teacher_logits=teacher_logits)
+            tokens = torch.tensor([float(batch["num_tokens"])], device=acc.device)
+            sums += torch.cat([stack_sums(out, keys, acc.device), tokens])
     sums = acc.reduce(sums, reduction="sum")
-    n = max(float(sums[3]), 1.0)
-    return {"val_loss": float(sums[0]) / n, "val_distil_loss": float(sums[1]) / n, "val_lm_loss": float(sums[2]) / n}
+    n = max(float(sums[-1]), 1.0)
+    return {f"val_{k}": float(v) / n for k, v in zip(keys, sums[:-1])}
 
 
-def generation_metrics(trainer: Any) -> dict[str, float]:
+def generation_metrics(trainer: Trainer) -> dict[str, float]:
     """VQA/caption scores on the main process (others wait), as ``eval_<task>_<metric>``."""
     cfg, acc = trainer.cfg, trainer.acc
     results: dict[str, float] = {}
@@ -59,7 +63,7 @@ def generation_metrics(trainer: Any) -> dict[str, float]:
     return results
 
 
-def run_eval_hook(trainer: Any) -> dict[str, float]:
+def run_eval_hook(trainer: Trainer) -> dict[str, float]:
     """Both evaluations with the student in eval mode; the training RNG stream is left untouched."""
     module = trainer.parts.student_module
     rng = torch.get_rng_state()

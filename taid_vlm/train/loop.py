@@ -1,4 +1,8 @@
-"""The accelerate training loop: accumulate, clip, step, schedule, log, evaluate, checkpoint, resume."""
+"""The accelerate training loop: accumulate, clip, step, log, evaluate, checkpoint, resume.
+
+It knows no loss by name: the loss object gets ``on_step_begin`` / ``on_optimizer_step`` once per
+optimizer step, and its state (TAID's schedule, CTKD's temperature) travels in its state_dict.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,12 @@ from tqdm.auto import tqdm
 
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
-from taid_vlm.losses import NonFiniteError
+from taid_vlm.losses import DistillLoss, NonFiniteError
 from taid_vlm.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from taid_vlm.train.data_order import micro_batch_loader
 from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run
-from taid_vlm.train.step import compute_losses, teacher_side
+from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
 
 # Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
 _KILL_AT_ENV = "TAID_VLM_TEST_KILL_AT_STEP"
@@ -32,10 +36,12 @@ class DivergedError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (``train.max_nonfinite``)."""
 
 
-def _sum_losses(out: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    keys = ["loss", "distil_loss", "lm_loss", "taid_signal"]
-    vals = [out[k].detach().float() if k in out else torch.zeros((), device=device) for k in keys]
-    return torch.stack([v.to(device) for v in vals])
+BASE_KEYS = ("loss", "distil_loss", "lm_loss")
+
+
+def step_keys(loss_fn: DistillLoss) -> tuple[str, ...]:
+    """Names of the per-micro-batch sums a step accumulates: the three losses + the loss's stats."""
+    return (*BASE_KEYS, *loss_fn.stat_keys)
 
 
 class Trainer:
@@ -47,34 +53,35 @@ class Trainer:
         self.acc = self.parts.accelerator
         self.out = Path(cfg.train.output_dir)
         self.log = RunLogger(self.out, self.acc, cfg, enabled=self.acc.is_main_process)
+        self.keys = step_keys(self.parts.loss_fn)  # the named sums of a step, in all-reduce order
+        self.loss_logs: dict[str, float] = {}
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
 
     # -- one optimizer step -------------------------------------------------------------------
-    def _micro_step(self, batch: dict[str, Any], n_global: torch.Tensor, last: bool) -> torch.Tensor:
+    def _micro_step(self, batch: dict[str, Any] | None, n_global: torch.Tensor, last: bool) -> torch.Tensor:
+        """Forward + backward of one micro-batch; returns its sums in ``self.keys`` order."""
         p, acc = self.parts, self.acc
         sync = contextlib.nullcontext() if last else acc.no_sync(p.student_module)
         with sync, acc.autocast():
             if batch is None or batch.get("student") is None:
                 self._zero_backward()  # nothing usable in this micro-batch
-                return torch.zeros(4, device=acc.device)
+                return torch.zeros(len(self.keys), device=acc.device)
             s = p.student_module(batch["student"])
-            t, t_logits = teacher_side(p, s, batch)
+            teacher_rows, teacher_logits = teacher_side(p, s, batch)
             try:
                 out = compute_losses(
-                    s, t, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
-                    chunk_size=self.cfg.loss.chunk_size, teacher_logits=t_logits,
+                    s, teacher_rows, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
+                    chunk_size=self.cfg.loss.chunk_size, teacher_logits=teacher_logits,
                 )
             except NonFiniteError:
                 # Diverged logits: this step is skipped (counted as non-finite).
                 self._zero_backward(s.hidden.sum() * 0.0)
-                return torch.full((4,), float("nan"), device=acc.device)
-            if p.signal_key and p.signal_key in out:
-                out["taid_signal"] = out[p.signal_key]
+                return torch.full((len(self.keys),), float("nan"), device=acc.device)
             # Sum over tokens / tokens of the whole step; x world size because DDP averages grads.
             acc.backward(out["loss"] * acc.num_processes / n_global)
-        return _sum_losses(out, acc.device)
+        return stack_sums(out, self.keys, acc.device)
 
     def _zero_backward(self, extra: torch.Tensor | float = 0.0) -> None:
         """Backward of a zero loss over every trainable parameter, so this rank still joins the DDP
@@ -102,23 +109,24 @@ class Trainer:
     def _optimizer_step(self, micro_batches: list) -> dict[str, float]:
         p, acc, cfg = self.parts, self.acc, self.cfg
         t0 = time.perf_counter()
-        if hasattr(p.loss_fn, "set_progress"):
-            p.loss_fn.set_progress(self.step, p.total_steps)  # CTKD's curriculum for the temperature
+        p.loss_fn.on_step_begin(self.step, p.total_steps)
         n_local = sum(int(b["num_tokens"]) if b else 0 for b in micro_batches)
         n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum")
         n_global = torch.clamp(n_global, min=1.0)
-        sums = torch.zeros(4, device=acc.device)
+        sums = torch.zeros(len(self.keys), device=acc.device)
         for b in micro_batches:
             p.report.absorb(b)  # skips counted in a loader worker reach the run's report here
         for i, b in enumerate(micro_batches):
             sums += self._micro_step(b, n_global, last=i == len(micro_batches) - 1)
-        sums = acc.reduce(sums, reduction="sum") / n_global
+        means = dict(zip(self.keys, (float(x) for x in acc.reduce(sums, reduction="sum") / n_global)))
         self._sync_loss_grads()
-        loss, distil, lm, signal_v = (float(x) for x in sums)
-        finite = math.isfinite(loss)
+        finite = math.isfinite(means["loss"])
         grad_norm = float("nan")
-        if finite and cfg.train.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(p.trainable_params, cfg.train.max_grad_norm))
+        if finite:
+            # max_grad_norm <= 0 disables clipping, not the check: an infinite bound measures the norm
+            # (a multiplication by exactly 1.0) so that a non-finite gradient is still caught.
+            bound = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
+            grad_norm = float(acc.clip_grad_norm_(p.trainable_params, bound))
             finite = math.isfinite(grad_norm)
         if finite:
             p.optimizer.step()
@@ -128,20 +136,20 @@ class Trainer:
             self.nonfinite_run += 1
         p.optimizer.zero_grad(set_to_none=True)
         p.scheduler.step()
-        extra: dict[str, float] = {}
-        if finite and p.schedule is not None:
-            p.schedule.update(signal_v, self.step, p.total_steps)
-        if p.schedule is not None and acc.num_processes > 1:
-            # Every rank must hold the same t; the spread is logged so a divergence is visible.
-            ts = acc.gather(torch.tensor([p.schedule.t], device=acc.device, dtype=torch.float64))
-            extra["taid_t_spread"] = float(ts.max() - ts.min())
+        stats = {k: means[k] for k in p.loss_fn.stat_keys} if finite else None
+        loss_logs = p.loss_fn.on_optimizer_step(stats, self.step, p.total_steps)
+        self.loss_logs = loss_logs
+        if loss_logs and acc.num_processes > 1:
+            # Every rank must hold the same loss state (e.g. TAID's t); the spread is logged so that
+            # a divergence is visible.
+            vals = acc.gather(torch.tensor([list(loss_logs.values())], device=acc.device, dtype=torch.float64))
+            loss_logs = {**loss_logs, "loss_state_spread": float(torch.nan_to_num(vals.amax(0) - vals.amin(0)).max())}
         dt = time.perf_counter() - t0
         return {
-            "loss": loss, "distil_loss": distil, "lm_loss": lm, "grad_norm": grad_norm,
+            **{k: means[k] for k in BASE_KEYS}, "grad_norm": grad_norm,
             "lr": p.scheduler.get_last_lr()[0], "tokens": float(n_global), "tokens_per_s": float(n_global) / dt,
             "skipped_nonfinite": self.nonfinite_total,
-            **({"taid_t": p.schedule.t, "taid_signal": signal_v} if p.schedule is not None else {}),
-            **extra,
+            **loss_logs,
             **(p.sampler.stats() if p.sampler is not None else {}),
         }
 
@@ -151,7 +159,6 @@ class Trainer:
         return {
             "step": self.step, "micro_batch": self.step * self.cfg.train.grad_accum,
             "total_steps": p.total_steps, "nonfinite_total": self.nonfinite_total,
-            "taid_schedule": p.schedule.state_dict() if p.schedule is not None else None,
             "data_report": p.report.to_dict() if hasattr(p.report, "to_dict") else None,
             "sampler": p.sampler.state_dict() if p.sampler is not None else None,
         }
@@ -174,8 +181,6 @@ class Trainer:
         )
         self.step = int(state["step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
-        if p.schedule is not None and state.get("taid_schedule"):
-            p.schedule.load_state_dict(state["taid_schedule"])
         if p.sampler is not None and state.get("sampler"):
             p.sampler.load_state_dict(state["sampler"])
         self.log.truncate_after(self.step)
@@ -200,7 +205,7 @@ class Trainer:
             last = self._optimizer_step(self._next_micro_batches(it))
             self.step += 1
             bar.update(1)
-            bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "taid_t") if k in last})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": last["loss"], **self.loss_logs}.items()})
             logged = self.step % cfg.logging.every == 0 or self.step == p.total_steps
             if logged:
                 self.log.metrics(self.step, last)

@@ -8,45 +8,54 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 
 from taid_vlm.adapters import Adapter, build_adapter
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
+from taid_vlm.data.collate import PairCollator
+from taid_vlm.data.report import DataReport
+from taid_vlm.data.types import Sample
+from taid_vlm.losses import DistillLoss, get_loss
 from taid_vlm.train.checkpoint import check_free_space, list_checkpoints, resolve_resume
 from taid_vlm.train.data_order import MicroBatchPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
 from taid_vlm.train.step import StudentForward
+
+if TYPE_CHECKING:  # imported where used: the cache and the sampler are optional parts of a run
+    from taid_vlm.cache import TeacherCache
+    from taid_vlm.train.sampling import StudentSampler
 
 RUN_MARKER = "run_config.yaml"
 
 
 @dataclass
 class RunParts:
+    """What ``build_run`` hands the loop; the loss is one object (its schedule lives inside it)."""
+
     accelerator: Accelerator
     student: Adapter
-    student_module: torch.nn.Module
+    student_module: nn.Module  # StudentForward, as accelerate prepared it (DDP-wrapped when distributed)
     teacher: Adapter | None
-    loss_fn: Any
-    schedule: Any
-    signal_key: str | None
+    loss_fn: DistillLoss
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    trainable_params: list[torch.nn.Parameter]
-    samples: list
-    val_samples: list
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable_params: list[nn.Parameter]
+    samples: list[Sample]
+    val_samples: list[Sample]
     plan: MicroBatchPlan
-    collate: Any
-    report: Any
+    collate: PairCollator
+    report: DataReport
     total_steps: int
     resume_from: Path | None
-    cache: Any = None
-    sampler: Any = None
+    cache: TeacherCache | None = None
+    sampler: StudentSampler | None = None
 
 
 def check_paths(cfg: Config) -> None:
@@ -163,7 +172,7 @@ def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter
     return student, teacher
 
 
-def _open_cache(cfg: Config, student: Adapter) -> Any:
+def _open_cache(cfg: Config, student: Adapter) -> TeacherCache | None:
     """The teacher cache, checked against this run's data, tokenizer, template and length."""
     if not (cfg.loss.needs_teacher and cfg.teacher.cache):
         return None
@@ -175,9 +184,8 @@ def _open_cache(cfg: Config, student: Adapter) -> Any:
     return cache
 
 
-def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Any = None):
-    from taid_vlm.data.collate import PairCollator
-    from taid_vlm.data.readers import DataReport, load_samples
+def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: TeacherCache | None = None):
+    from taid_vlm.data.readers import load_samples
 
     def read(field: str, path: str, report: DataReport) -> list:
         try:
@@ -202,7 +210,8 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: An
     if student.supports_images is False and any(s.images for s in samples):
         raise ConfigError("student: the training data has images but the student family "
                           f"{student.name!r} takes text only; use a VLM or composed student")
-    collate = PairCollator(student, teacher, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict)
+    collate = PairCollator(student, teacher, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict,
+                           teacher_cache=cache)
     return samples, val, collate, report
 
 
@@ -221,18 +230,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
         student.model.gradient_checkpointing_enable()
     apply_trainability(student.parts(), cfg.student)
 
-    from taid_vlm.losses import get_loss
-
-    loss_kwargs = dict(cfg.loss.kwargs)
-    if cfg.loss.name == "taid":
-        t = cfg.taid
-        loss_kwargs.update(t_start=t.t_start, t_end=t.t_end, alpha=t.alpha, beta=t.beta,
-                           adaptive=t.adaptive, signal=t.signal)
-    elif cfg.loss.temperature != 1.0:
-        loss_kwargs.setdefault("temperature", cfg.loss.temperature)
-    loss_fn = get_loss(cfg.loss.name, **loss_kwargs).to(acc.device)
-    schedule = getattr(loss_fn, "schedule", None)
-    signal_key = getattr(loss_fn, "signal_key", None)
+    loss_fn = get_loss(cfg.loss.name, **cfg.loss.loss_options()).to(acc.device)
 
     cache = _open_cache(cfg, student)
     samples, val, collate, report = _load_data(cfg, student, teacher, cache)
@@ -256,8 +254,8 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     acc.wait_for_everyone()
     if acc.is_main_process and cfg.logging.tensorboard:
         acc.init_trackers("tb", config=_flat_hparams(cfg))
-    return RunParts(acc, student, module, teacher, loss_fn, schedule, signal_key, optimizer, scheduler,
-                    params, samples, val, plan, collate, report, total, resume_from, cache, sampler)
+    return RunParts(acc, student, module, teacher, loss_fn, optimizer, scheduler, params, samples, val, plan,
+                    collate, report, total, resume_from, cache, sampler)
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:

@@ -7,43 +7,17 @@ result does not depend on how tokens are split (STYLE.md 3).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from taid_vlm.adapters.base import Adapter, ResponseHidden
+from taid_vlm.losses import DistillLoss
 
-
-class AlignmentError(ValueError):
-    """Teacher and student disagree on the response tokens of a sample."""
-
-
-def check_alignment(student: ResponseHidden, teacher: ResponseHidden, ids: list[str]) -> None:
-    """The k-th response token of the teacher must be the k-th of the student, per sample.
-
-    Args:
-        student, teacher: response rows of one batch (``targets [N]``, ``sample_index [N]``).
-        ids: sample ids of the batch, for the error message.
-    Raises:
-        AlignmentError naming the first sample whose response token ids differ.
-    """
-    if student.targets.shape == teacher.targets.shape and bool(
-        torch.equal(student.targets.cpu(), teacher.targets.cpu())
-        and torch.equal(student.sample_index.cpu(), teacher.sample_index.cpu())
-    ):
-        return
-    for b, sample_id in enumerate(ids):
-        s = student.targets[student.sample_index == b].tolist()
-        t = teacher.targets[teacher.sample_index == b].tolist()
-        if s != t:
-            k = next((i for i, (a, c) in enumerate(zip(s, t)) if a != c), min(len(s), len(t)))
-            raise AlignmentError(
-                f"sample {sample_id!r}: teacher and student response tokens differ at response token {k} "
-                f"(student {len(s)} tokens, {s[k:k + 5]}...; teacher {len(t)} tokens, {t[k:k + 5]}...). "
-                "Both sides must tokenize the response identically (same tokenizer, same text)."
-            )
-    raise AlignmentError("teacher and student response rows are ordered differently")
+if TYPE_CHECKING:
+    from taid_vlm.cache import TeacherCache
+    from taid_vlm.train.setup import RunParts
 
 
 class StudentForward(nn.Module):
@@ -69,36 +43,37 @@ def teacher_response(teacher: Adapter, batch: dict[str, torch.Tensor]) -> Respon
     )
 
 
-def cached_teacher_logprobs(cache: Any, student: ResponseHidden, ids: list[str]) -> torch.Tensor:
-    """``[N, V]`` teacher log-probs for a batch from the top-k cache, after the alignment check."""
+def cached_teacher_logprobs(cache: TeacherCache, student: ResponseHidden, ids: list[str]) -> torch.Tensor:
+    """``[N, V]`` teacher log-probs for a batch from the top-k cache (rows checked at collation)."""
     from taid_vlm.cache import dense_logprobs
 
     rows = cache.rows(ids)
-    cached = ResponseHidden(
-        hidden=student.hidden[:0], weight=student.weight, targets=rows["targets"].long(),
-        sample_index=torch.repeat_interleave(torch.arange(len(ids)), cache.counts(ids)),
-    )
-    check_alignment(student, cached, ids)
     dense = dense_logprobs(rows["topk_ids"], rows["topk_logprobs"], rows["rest_mass"], student.weight.shape[0])
     return dense.to(student.hidden.device)
 
 
-def teacher_side(parts: Any, student: ResponseHidden, batch: dict[str, Any]):
+def teacher_side(parts: RunParts, student: ResponseHidden, batch: dict[str, Any]
+                 ) -> tuple[ResponseHidden | None, torch.Tensor | None]:
     """``(teacher rows, None)`` from a live teacher, ``(None, log-probs [N, V])`` from a cache, or
-    ``(None, None)`` without a teacher (sft)."""
+    ``(None, None)`` without a teacher (sft). Teacher/student alignment was checked at collation."""
     if parts.teacher is not None:
-        t = teacher_response(parts.teacher, batch["teacher"])
-        check_alignment(student, t, batch["ids"])
-        return t, None
-    if getattr(parts, "cache", None) is not None and parts.loss_fn.needs_teacher:
+        return teacher_response(parts.teacher, batch["teacher"]), None
+    if parts.cache is not None and parts.loss_fn.needs_teacher:
         return None, cached_teacher_logprobs(parts.cache, student, batch["ids"])
     return None, None
+
+
+def stack_sums(out: dict[str, torch.Tensor], keys: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """``[len(keys)]`` fp32 detached sums of ``out`` in ``keys`` order, for one all-reduce (0 where a
+    key is absent, e.g. stats of a loss on a path that does not report them)."""
+    zero = torch.zeros((), device=device)
+    return torch.stack([out[k].detach().float().to(device) if k in out else zero for k in keys])
 
 
 def compute_losses(
     student: ResponseHidden,
     teacher: ResponseHidden | None,
-    loss_fn: Any,
+    loss_fn: DistillLoss,
     *,
     distil_ratio: float = 1.0,
     fused: bool = True,

@@ -34,7 +34,7 @@ def test_two_process_run_matches_single_process(tmp_path, run_env):
     a = read_jsonl(tmp_path / "single" / "out" / "logs" / "train.jsonl")
     b = read_jsonl(tmp_path / "ddp" / "out" / "logs" / "train.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3]
-    assert all(r["taid_t_spread"] == 0.0 for r in b)
+    assert all(r["loss_state_spread"] == 0.0 for r in b)  # every rank holds the same t
     for ra, rb in zip(a, b):
         assert rb["tokens"] == ra["tokens"]
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from taid_vlm.config_io import load_config
 from taid_vlm.train.loop import Trainer
@@ -47,3 +48,23 @@ def test_too_many_nonfinite_steps_stop_the_run(tmp_path, run_env):
     _poison(trainer, set(range(100)))
     with pytest.raises(RuntimeError, match="train.max_nonfinite"):
         trainer.run()
+
+
+def test_nonfinite_gradient_is_caught_without_clipping(tmp_path, run_env):
+    """`train.max_grad_norm: 0` turns clipping off, not the check: a NaN gradient skips the step."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", run_env, loss="fkl", max_steps=2), ["train.max_grad_norm=0"])
+    trainer = Trainer(cfg)
+    param = next(q for q in trainer.parts.student.model.parameters() if q.requires_grad)
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 1 else grad
+
+    param.register_hook(poison)
+    before = param.detach().clone()
+    trainer.run()
+    log = read_jsonl(tmp_path / "out" / "logs" / "train.jsonl")
+    assert log[0]["skipped_nonfinite"] == 1 and log[1]["skipped_nonfinite"] == 1
+    assert math.isfinite(log[1]["grad_norm"]) and bool(torch.isfinite(param).all())
+    assert not torch.equal(before, param.detach())  # the second step did train

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from taid_vlm.cli import main
+from taid_vlm.losses import LOSSES as REGISTRY
+from taid_vlm.losses import DistillLoss, register_loss
 
 from .conftest import read_jsonl, write_config
 
@@ -96,3 +98,58 @@ def test_output_dir_of_another_run_is_refused(tmp_path, run_env, capsys):
     cfg = write_config(tmp_path / "c.yaml", run_env, loss="sft", max_steps=1)
     assert main(["train", str(cfg)]) == 2
     assert "train.output_dir" in capsys.readouterr().err
+
+
+def test_loss_temperature_reaches_taid(tmp_path, run_env):
+    """`loss.temperature` is given to TAID like to every loss (it was dropped before)."""
+    logs = {}
+    for temp in (1, 2):
+        (tmp_path / str(temp)).mkdir()
+        out = _run(tmp_path / str(temp), run_env, f"loss.temperature={temp}", max_steps=1)
+        logs[temp] = read_jsonl(out / "logs" / "train.jsonl")[0]
+    assert logs[1]["lm_loss"] == logs[2]["lm_loss"]  # same student, same batch
+    assert logs[1]["distil_loss"] != pytest.approx(logs[2]["distil_loss"], rel=1e-3)
+
+
+class _ToyL2(DistillLoss):
+    """Half the squared L2 distance between the two distributions, with a step counter as state."""
+
+    name = "toy_l2"
+
+    def __init__(self, temperature: float = 1.0, scale: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.scale, self.calls = scale, 0
+
+    def per_token(self, student_logits, teacher_logits, labels):
+        s, t = self._tempered(student_logits, teacher_logits)
+        return 0.5 * self.scale * (s.softmax(-1) - t.softmax(-1)).pow(2).sum(-1)
+
+    def on_optimizer_step(self, stats, step, total_steps):
+        self.calls += 1
+        return {"toy_calls": float(self.calls)}
+
+    def loss_state(self):
+        return {"calls": self.calls}
+
+    def load_loss_state(self, state):
+        self.calls = int(state.get("calls", 0))
+
+
+@pytest.fixture
+def toy_loss():
+    register_loss(_ToyL2)
+    yield _ToyL2
+    REGISTRY.pop(_ToyL2.name)
+
+
+def test_a_loss_defined_in_a_test_trains_through_the_cli(tmp_path, run_env, toy_loss):
+    """A new loss is one class in losses/' registry: config checks, trainer, hooks and checkpoints
+    take it without a change anywhere else."""
+    out = _run(tmp_path, run_env, "loss.toy_l2.scale=2.0", loss="toy_l2", max_steps=3, save_every=2)
+    log = read_jsonl(out / "logs" / "train.jsonl")
+    assert [r["toy_calls"] for r in log] == [1.0, 2.0, 3.0]
+    assert all(math.isfinite(r["distil_loss"]) and r["distil_loss"] > 0 for r in log)
+    saved = torch.load(out / "checkpoints" / "checkpoint-2" / "trainer_state.pt", weights_only=True)
+    assert saved["modules"]["loss"]["_extra_state"] == {"calls": 2}
+    cfg = write_config(tmp_path / "bad.yaml", run_env, loss="toy_l2")
+    assert main(["train", str(cfg), "loss.toy_l2.sclae=2"]) == 2  # its options are checked by name

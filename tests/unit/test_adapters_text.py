@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taid_vlm.adapters import IGNORE_INDEX, build_adapter
-from taid_vlm.adapters.text import encode_chat
+from taid_vlm.data.template import TokenizerTemplate
 from taid_vlm.data.tokenizer import CHATML_TEMPLATE
 from taid_vlm.data.types import Sample, SkipSample
 from taid_vlm.models.tiny import tiny_text_config
@@ -48,9 +48,14 @@ def test_template_without_generation_markers_gives_the_same_mask(tiny_tokenizer)
     plain = CHATML_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     msgs = [{**m, "content": m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]}
             for m in CONV]
-    marked = encode_chat(tiny_tokenizer, msgs, 512)
-    offsets = encode_chat(tiny_tokenizer, msgs, 512, template=plain)
-    assert torch.equal(marked["labels"], offsets["labels"]) and torch.equal(marked["input_ids"], offsets["input_ids"])
+    marked = TokenizerTemplate(tiny_tokenizer).encode(msgs, 512)
+    unmarked = TokenizerTemplate(tiny_tokenizer, plain).encode(msgs, 512)
+    assert torch.equal(marked["labels"], unmarked["labels"]) and torch.equal(marked["input_ids"], unmarked["input_ids"])
+    # ...and they are the labels HF's own {% generation %} mask gives for the marked template.
+    hf = tiny_tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    mask = torch.tensor(hf["assistant_masks"], dtype=torch.bool)
+    assert torch.equal(marked["input_ids"], torch.tensor(hf["input_ids"]))
+    assert torch.equal(marked["labels"] != IGNORE_INDEX, mask)
 
 
 def test_images_are_refused(tiny_tokenizer):

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from taid_vlm.config import ConfigError
-from taid_vlm.config_io import config_to_dict, load_config, parse_override
+from taid_vlm.config_io import config_from_dict, config_to_dict, load_config, parse_override
+from taid_vlm.losses import get_loss
 
 BASE = {
     "student": {"family": "text", "config": {"model_type": "qwen2"}},
@@ -23,11 +24,30 @@ def _write(tmp_path, data):
 
 def test_overrides_are_typed(tmp_path):
     cfg = load_config(_write(tmp_path, BASE), ["train.lr=3e-4", "loss.name=fkl", "train.batch_size=4",
-                                              "taid.adaptive=false", "loss.kwargs.beta=0.5"])
+                                              "loss.taid.adaptive=false", "loss.gjsd.beta=0.25"])
     assert cfg.train.lr == pytest.approx(3e-4)
-    assert cfg.loss.name == "fkl" and cfg.train.batch_size == 4 and cfg.taid.adaptive is False
-    assert cfg.loss.kwargs == {"beta": 0.5}
+    assert cfg.loss.name == "fkl" and cfg.train.batch_size == 4
+    assert cfg.loss.options == {"taid": {"adaptive": False}, "gjsd": {"beta": 0.25}}
+    assert cfg.loss.loss_options() == {"temperature": 1.0}  # fkl has no block: the others stay unused
     assert config_to_dict(cfg)["train"]["lr"] == pytest.approx(3e-4)
+    again = config_from_dict(config_to_dict(cfg))  # the resolved config (saved beside checkpoints) reloads
+    assert again.loss.options == cfg.loss.options
+
+
+def test_loss_options_reach_the_loss(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE), ["loss.temperature=2", "loss.taid.t_start=0.3"])
+    loss = get_loss(cfg.loss.name, **cfg.loss.loss_options())
+    assert loss.temperature == 2.0 and loss.schedule.t == pytest.approx(0.3)
+
+
+def test_legacy_taid_section_and_kwargs_are_read_with_a_warning(tmp_path):
+    data = {**BASE, "taid": {"t_start": 0.2, "adaptive": False}}
+    with pytest.warns(FutureWarning, match=r"loss\.taid"):
+        cfg = load_config(_write(tmp_path, data), [])
+    assert cfg.loss.options == {"taid": {"t_start": 0.2, "adaptive": False}}
+    with pytest.warns(FutureWarning, match=r"loss\.gjsd"):
+        cfg = load_config(_write(tmp_path, BASE), ["loss.name=gjsd", "loss.kwargs.beta=0.5"])
+    assert cfg.loss.loss_options() == {"temperature": 1.0, "beta": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -37,8 +57,12 @@ def test_overrides_are_typed(tmp_path):
         ("train.batch_size=0", "train.batch_size"),
         ("loss.name=kl_magic", "loss.name"),
         ("loss.distil_ratio=1.5", "loss.distil_ratio"),
-        ("taid.t_start=1.0", "taid.t_start"),
-        ("taid.alpha=2", "taid.alpha"),
+        ("loss.taid.t_start=1.0", "loss.taid.t_start"),
+        ("loss.taid.alpha=2", "loss.taid.alpha"),
+        ("loss.taid.alhpa=0.1", "loss.taid.alhpa"),  # unknown option of a loss
+        ("loss.temperature=0", "loss.temperature"),
+        ("loss.nosuch.beta=1", "loss.nosuch"),
+        ("loss.name=sft loss.temperature=2", "loss.temperature"),  # sft refuses a temperature
         ("train.scheduler=step", "train.scheduler"),
         ("student.dtype=float8", "student.dtype"),
         ("train.batch_size=two", "train.batch_size"),
@@ -48,7 +72,12 @@ def test_overrides_are_typed(tmp_path):
 )
 def test_bad_values_name_the_field(tmp_path, override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        load_config(_write(tmp_path, BASE), [override])
+        load_config(_write(tmp_path, BASE), override.split())
+
+
+def test_unknown_loss_option_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"did you mean 'alpha'"):
+        config_from_dict({**BASE, "loss": {"taid": {"alhpa": 0.1}}})
 
 
 def test_teacher_needed_only_for_distillation(tmp_path):

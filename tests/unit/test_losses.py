@@ -1,5 +1,6 @@
 """Loss core: closed forms, limits, brute-force definitions, masking, dtypes, validation."""
 
+import io
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from taid_vlm.losses import (
     LOSS_NAMES,
+    TAIDSchedule,
     adaptive_kl,
     dkd_loss,
     forward_kl,
@@ -119,6 +121,47 @@ def test_reduction_invariant_to_micro_batch_splits(name):
     parts = [(0, 5), (5, 6), (6, 12)]
     total = sum(_call(name, s[a:b], t[a:b], mask[a:b], labels[a:b], "sum")[0] for a, b in parts)
     assert float(total / mask.sum()) == pytest.approx(float(mean), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n != "sft"])
+def test_teacher_only_neg_inf_column_is_excluded_from_both_sides(name):
+    """A column only the teacher excludes (a vocabulary the student has and the teacher lacks) adds
+    zero terms, as if sliced out of both: no ~1e9-sized reverse-KL/AKL value, same gradient."""
+    s, t = _logits(17, v=V + 2)
+    t[:, V:] = -math.inf  # the student's logits there stay finite
+    labels = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(3))
+    sp = s.clone().requires_grad_()
+    sl = s[:, :V].clone().requires_grad_()
+    vp, _ = _call(name, sp, t, labels=labels)
+    vs, _ = _call(name, sl, t[:, :V].clone(), labels=labels)
+    (vp + vs).backward()
+    assert float(vp) == pytest.approx(float(vs), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(sp.grad[:, :V], sl.grad)
+    assert float(sp.grad[:, V:].abs().max()) == 0.0
+
+
+def test_taid_owns_its_schedule_hook_and_state():
+    loss, ref = get_loss("taid", t_start=0.3, alpha=0.05), TAIDSchedule(0.3, 1.0, 0.05)
+    logs = []
+    for step, signal in enumerate([2.0, 1.5, 1.2, 1.1]):
+        logs.append(loss.on_optimizer_step({"taid_ce": signal, "taid_kl": 0.1}, step, 10))
+        ref.update(signal, step, 10)
+    assert logs[-1]["taid_t"] == ref.t and logs[-1]["taid_signal"] == 1.1 and ref.t >= 0.3 + 0.7 * 3 / 10 - 1e-12
+    assert loss.on_optimizer_step(None, 4, 10)["taid_t"] == ref.t  # a skipped step leaves t alone
+    buf = io.BytesIO()
+    torch.save(loss.state_dict(), buf)  # the state travels with state_dict, loadable weights_only
+    again = get_loss("taid", t_start=0.3, alpha=0.05)
+    again.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert again.schedule.state_dict() == loss.schedule.state_dict()
+
+
+def test_ctkd_curriculum_runs_in_its_step_hook():
+    loss = get_loss("ctkd", lambda_min=0.0, lambda_max=1.0)
+    loss.on_step_begin(5, 10)
+    assert loss.grl_lambda == pytest.approx(0.5)
+    logs = loss.on_optimizer_step({}, 5, 10)
+    assert logs["ctkd_lambda"] == pytest.approx(0.5) and logs["ctkd_temperature"] > 1.0
+    assert "raw_temperature" in loss.state_dict()
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -253,7 +296,7 @@ def test_sft_is_cross_entropy():
     (lambda s, t: generalized_jsd(s, t, 1.0), "beta"),
     (lambda s, t: skew_forward_kl(s, t, 1.5), "alpha"),
     (lambda s, t: get_loss("kl"), "valid names: sft, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd, dkd, taid"),
-    (lambda s, t: get_loss("gjsd", alpha=0.1), "unknown argument"),
+    (lambda s, t: get_loss("gjsd", alpha=0.1), "takes no option .alpha."),
     (lambda s, t: get_loss("taid", t_start=0.9, t_end=0.5), "t_start"),
     (lambda s, t: get_loss("taid", alpha=2.0), "alpha"),
     (lambda s, t: get_loss("taid", signal="loss"), "signal"),
