@@ -241,7 +241,7 @@ FUZZ = (
     + [
         ("train.lr=abc", "train.lr"), ("train.max_steps=1.5", "train.max_steps"), ("train.cpu=maybe", "train.cpu"),
         ("data.max_length=[1]", "data.max_length"), ("student.config=5", "student.config"),
-        ("taid.adaptive=2", "taid.adaptive"), ("train=3", "train"), ("loss.distil_ratio=x", "loss.distil_ratio"),
+        ("logging.tensorboard=2", "logging.tensorboard"), ("train=3", "train"), ("loss.distil_ratio=x", "loss.distil_ratio"),
         ("student.config.vision=3", "student.config.vision"), ("eval.every=true", "eval.every"),
         ("train.batch_size=0", "train.batch_size"), ("train.lr=-1", "train.lr"), ("train.keep_last=0", "train.keep_last"),
         ("train.grad_accum=-2", "train.grad_accum"), ("train.max_steps=-1", "train.max_steps"),
