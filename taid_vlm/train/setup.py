@@ -89,15 +89,16 @@ def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: An
     """Refuse to write into another run's folder; returns the checkpoint to resume from.
 
     Only checks: nothing is written until ``write_run_marker``, after the models and data are
-    built, so a start that fails leaves the folder as it was. ``--resume auto`` on this run's
-    folder without a checkpoint yet (killed before its first save) starts fresh there. Every rank
+    built, so a start that fails leaves the folder as it was. A run's folder without a checkpoint
+    yet (killed before its first save) is started afresh by ``--resume auto`` or by the same
+    config. Every rank
     decides before any rank writes the run marker, so all ranks see the same folder.
     """
     out = Path(cfg.train.output_dir)
     resume_from = resolve_resume(out, resume)
     marker = out / RUN_MARKER
     busy = out.is_dir() and any(out.iterdir())
-    fresh_restart = resume == "auto" and resume_from is None and marker.is_file()
+    fresh_restart = resume_from is None and marker.is_file() and _died_before_first_checkpoint(out, cfg, resume)
     if busy and resume_from is None and not cfg.train.overwrite and not fresh_restart:
         what = f"another run ({len(list_checkpoints(out))} checkpoints)" if marker.exists() else "other files"
         raise ConfigError(
@@ -115,6 +116,19 @@ def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: An
     if barrier:
         barrier()
     return resume_from
+
+
+def _died_before_first_checkpoint(out: Path, cfg: Config, resume: str | None) -> bool:
+    """This folder's run has no checkpoint and no final student (killed before its first save),
+    so starting it afresh loses nothing: with ``--resume auto``, or when the config is the same."""
+    if list_checkpoints(out) or (out / "final").exists():
+        return False
+    if resume == "auto":
+        return True
+    try:
+        return yaml.safe_load((out / RUN_MARKER).read_text()) == config_to_dict(cfg)
+    except (OSError, yaml.YAMLError):
+        return False
 
 
 def write_run_marker(cfg: Config, resume_from: Path | None) -> None:

@@ -80,6 +80,18 @@ def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, run_env):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
 
 
+def test_same_config_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path, run_env, capsys):
+    cfg = _cfg(tmp_path, run_env)
+    assert main(["train", cfg]) == 0
+    out = tmp_path / "out"
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "final")
+    assert main(["train", cfg, "train.lr=0.01"]) == 2  # another config: still refused
+    assert "train.output_dir" in capsys.readouterr().err
+    assert main(["train", cfg]) == 0
+    assert [r["step"] for r in read_jsonl(out / "logs" / "train.jsonl")] == [1, 2]
+
+
 def test_overwrite_keeps_no_stale_log_or_checkpoint(tmp_path, run_env):
     cfg = _cfg(tmp_path, run_env, max_steps=3, save_every=1, keep_last=5)
     assert main(["train", cfg]) == 0
