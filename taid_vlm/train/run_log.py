@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -30,8 +31,14 @@ class RunLogger:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         record = {"step": step, "time": round(time.time() - self.t0, 3), **clean}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:  # disk full or folder gone: say where, not a bare traceback
+            from taid_vlm.train.checkpoint import StorageError
+
+            raise StorageError(err.errno or errno.EIO, f"cannot append to {str(self.path)!r}: "
+                               f"{err.strerror or err}; free some space, then --resume auto") from err
         if self.tensorboard:
             scalars = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and v is not None}
             self.acc.log(scalars, step=step)

@@ -33,3 +33,20 @@ def test_read_log_skips_only_a_torn_last_line(tmp_path):
     path.write_text('{"step": 1, "lo\n' + json.dumps({"step": 2}) + "\n")
     with pytest.raises(ValueError, match="not a JSON record"):
         read_log(path)
+
+
+def test_a_failed_log_write_is_a_storage_error_naming_the_file(tmp_path, monkeypatch):
+    from taid_vlm.train.checkpoint import StorageError
+
+    log = _logger(tmp_path)
+    real_open = type(log.path).open
+
+    def full(self, mode="r", *a, **k):
+        if "a" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(type(log.path), "open", full)
+    with pytest.raises(StorageError, match="No space left on device") as err:
+        log.metrics(1, {"loss": 1.0})
+    assert str(log.path) in str(err.value)
