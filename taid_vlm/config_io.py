@@ -118,10 +118,8 @@ def _upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
         warnings.warn("config: the top-level `taid:` section is deprecated; put its keys in `loss:` as "
                       "`loss.taid.<key>` (e.g. loss: {name: taid, taid: {t_start: 0.4}})", FutureWarning,
                       stacklevel=3)
-        legacy = data.pop("taid")
-        if isinstance(loss.get("taid"), dict):
-            legacy = {**legacy, **loss["taid"]}
-        loss["taid"] = legacy
+        # The legacy keys win: a `taid.x=...` override on the command line is the newest intent.
+        loss["taid"] = {**(loss.get("taid") or {}), **data.pop("taid")}
     if isinstance(loss.get("kwargs"), dict):
         warnings.warn(f"config: `loss.kwargs` is deprecated; write the options as `loss.{name}.<key>`",
                       FutureWarning, stacklevel=3)

@@ -61,6 +61,9 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     from taid_vlm.data.collate import PairCollator
     from taid_vlm.data.readers import DataReport, load_samples
 
+    from taid_vlm.train.setup import check_paths
+
+    check_paths(cfg)  # missing teacher/data/tokenizer paths: a message naming the field, not a traceback
     acc = Accelerator(cpu=cfg.train.cpu)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

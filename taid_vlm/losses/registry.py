@@ -62,4 +62,25 @@ def get_loss(name: str, **options) -> DistillLoss:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise OptionError(unknown[0], f"loss {name!r} takes no option {unknown[0]!r}{hint}; "
                                       f"its options: {', '.join(allowed)}")
+    _check_types(LOSSES[name], options)
     return LOSSES[name](**options)
+
+
+_TYPES = {"bool": (bool,), "float": (int, float), "int": (int,), "str": (str,)}
+
+
+def _check_types(cls: type[DistillLoss], options: dict) -> None:
+    """Refuse an option whose value is not of its annotated type (``adaptive: 2``, ``beta: "x"``);
+    ints pass for floats, and ``bool`` is not taken for a number."""
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        ann = str(params[key].annotation).replace(" ", "")
+        kinds = [k for k in ann.split("|") if k != "None"]
+        if value is None and "None" in ann.split("|"):
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k, ()))
+        if not allowed or len(kinds) != len([k for k in kinds if k in _TYPES]):
+            continue  # an annotation we do not check (e.g. a tensor or a class)
+        wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        if wrong:
+            raise OptionError(key, f"{key} must be {' or '.join(kinds)}, got {value!r}")

@@ -63,6 +63,8 @@ def test_legacy_taid_section_and_kwargs_are_read_with_a_warning(tmp_path):
         ("loss.temperature=0", "loss.temperature"),
         ("loss.nosuch.beta=1", "loss.nosuch"),
         ("loss.name=sft loss.temperature=2", "loss.temperature"),  # sft refuses a temperature
+        ("loss.taid.adaptive=2", "loss.taid.adaptive"),  # option types come from the loss's signature
+        ("taid.t_start=2", "loss.taid.t_start"),  # a legacy override wins over the recipe's block, and is checked
         ("train.scheduler=step", "train.scheduler"),
         ("student.dtype=float8", "student.dtype"),
         ("train.batch_size=two", "train.batch_size"),
@@ -70,9 +72,11 @@ def test_legacy_taid_section_and_kwargs_are_read_with_a_warning(tmp_path):
         ("data.train=", "data.train"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:config. the top-level")
 def test_bad_values_name_the_field(tmp_path, override, field):
+    data = {**BASE, "loss": {"name": "taid", "taid": {"t_start": 0.4}}}
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        load_config(_write(tmp_path, BASE), override.split())
+        load_config(_write(tmp_path, data), override.split())
 
 
 def test_unknown_loss_option_suggests_the_closest():
