@@ -60,7 +60,6 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     from taid_vlm.adapters import build_adapter
     from taid_vlm.data.collate import PairCollator
     from taid_vlm.data.readers import DataReport, load_samples
-
     from taid_vlm.train.setup import check_paths
 
     check_paths(cfg)  # missing teacher/data/tokenizer paths: a message naming the field, not a traceback
