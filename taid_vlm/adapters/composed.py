@@ -116,8 +116,9 @@ class ComposedAdapter(Adapter):
 def _load_processor(path: str, tokenizer: Any) -> Any:
     from taid_vlm.models import TaidVLMProcessor
 
-    if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-        raise ValueError(f"{path!r} has no processor (preprocessor_config.json); save the student with "
+    # transformers 5 writes the image processor into processor_config.json, 4.x into preprocessor_config.json.
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("processor_config.json", "preprocessor_config.json")):
+        raise ValueError(f"{path!r} has no processor (processor_config.json); save the student with "
                          "adapter.save(dir) or processor.save_pretrained(dir) beside the model")
     processor = TaidVLMProcessor.from_pretrained(path)
     if tokenizer is not None:

@@ -43,7 +43,7 @@ _SIZE = 32  # image side in pixels
 def vlm_tokenizer(base: Any) -> Any:
     """A copy of ``base`` with every family's special tokens added (idempotent, order fixed)."""
     tok = copy.deepcopy(base)
-    tok.add_special_tokens({"additional_special_tokens": FAMILY_TOKENS}, replace_additional_special_tokens=False)
+    tok.add_special_tokens({"extra_special_tokens": FAMILY_TOKENS}, replace_extra_special_tokens=False)
     return tok
 
 
@@ -61,7 +61,7 @@ def as_tokenizer_class(tok: Any, cls: Any, **kwargs: Any) -> Any:
     backend, special tokens and attributes, so the vocabulary and every token id stay the same."""
     out = cls(tokenizer_object=copy.deepcopy(tok.backend_tokenizer), bos_token=tok.bos_token,
               eos_token=tok.eos_token, pad_token=tok.pad_token, unk_token=tok.unk_token,
-              additional_special_tokens=list(tok.additional_special_tokens), model_max_length=tok.model_max_length,
+              extra_special_tokens=list(tok.extra_special_tokens), model_max_length=tok.model_max_length,
               padding_side=tok.padding_side, **kwargs)
     out.chat_template = tok.chat_template
     for name, value in vars(tok).items():
@@ -197,7 +197,8 @@ def _paligemma(tok: Any) -> tuple[Any, Any]:
     ip.image_seq_length = 16  # 4x4 patches, no pooling
     # The processor adds 1,152 <loc>/<seg> detection tokens to the tokenizer it is given; give it a
     # throwaway copy, then put the shared tokenizer back so the vocabulary stays the shared one.
-    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False)
+    # mask_token=None: transformers 5's Gemma tokenizer would add a "<mask>" token to the shared vocabulary.
+    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False, mask_token=None)
     proc = PaliGemmaProcessor(ip, copy.deepcopy(tok), chat_template=T.PALIGEMMA)
     proc.tokenizer = tok
     return PaliGemmaForConditionalGeneration(cfg), proc
