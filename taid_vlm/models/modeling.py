@@ -45,6 +45,10 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def __init__(self, config: TaidVLMConfig, language_model: nn.Module | None = None,
                  vision_tower: nn.Module | None = None) -> None:
         super().__init__(config)
+        if config.text_config._attn_implementation is None:
+            # transformers 5's config init resets the sub-config's attention to None, which a prebuilt
+            # LM (sharing that config) then runs without its kernel; use the one resolved above.
+            config.text_config._attn_implementation = config._attn_implementation
         if vision_tower is None:
             vision_tower = build_vision_tower(config.vision)
         else:

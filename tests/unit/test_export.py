@@ -128,3 +128,30 @@ def test_timm_student_loads_with_its_saved_code_only(tiny_tokenizer, tmp_path):
     assert (name, new, role, imported) == ("TaidVLMForConditionalGeneration", "3", "assistant", "False")
     assert abs(float(total) - _reference_logit_sum(a)) < 1e-2
     assert build_adapter("auto", path=str(tmp_path)).name == "composed"
+
+
+def test_a_tokenizer_without_the_image_token_gets_it_added_and_saved(tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm, _ = build_composed(tiny_composed_config("hf_siglip", "mlp"), tiny_tokenizer)
+    lm.language_model.save_pretrained(tmp_path / "lm")  # vocab == len(tokenizer): no spare row
+    cfg = {**tiny_composed_config("hf_siglip", "mlp"), "text": {"path": str(tmp_path / "lm")},
+           "image_token": "<img_slot>"}
+    n = len(tiny_tokenizer)
+    from taid_vlm.data.tokenizer import CHATML_TEMPLATE
+
+    template = CHATML_TEMPLATE.replace("<image>", "<img_slot>")
+    a = build_adapter("composed", config=cfg, tokenizer=tiny_tokenizer, chat_template=template)
+    assert len(tiny_tokenizer) == n  # the caller's tokenizer is left alone
+    assert len(a.tokenizer) == n + 1 and a.model.config.image_token_id == n
+    assert a.model.get_input_embeddings().weight.shape[0] == n + 1
+    # The pretrained LM keeps its attention kernel inside the composed model (transformers 5 reset it).
+    assert a.model.language_model.config._attn_implementation == "sdpa"
+    a.save(str(tmp_path / "student"))
+    assert AutoTokenizer.from_pretrained(tmp_path / "student").convert_tokens_to_ids("<img_slot>") == n
+    again = build_adapter("composed", path=str(tmp_path / "student"), chat_template=template)
+    batch = a.collate([a.encode(_sample(), 256)])
+    assert int((batch["input_ids"] == n).sum()) == a.model.config.num_image_tokens
+    with torch.no_grad():
+        torch.testing.assert_close(again.response_hidden(batch).logits(), a.response_hidden(batch).logits())
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "lm").get_input_embeddings().weight.shape[0] == n
