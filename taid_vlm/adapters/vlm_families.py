@@ -56,6 +56,8 @@ FAMILIES: dict[str, FamilyRule] = {
         # (1 on image tokens) and refuses images without them.
         FamilyRule("qwen2_vl", ("qwen2_vl",), **_QWEN),
         FamilyRule("qwen2_5_vl", ("qwen2_5_vl",), **_QWEN),
+        # Qwen3-VL's deep-stack mergers (vision features added into early LM layers) stay in `vision`.
+        FamilyRule("qwen3_vl", ("qwen3_vl",), **_QWEN),
         FamilyRule("internvl", ("internvl",)),
         FamilyRule("idefics3", ("idefics3", "smolvlm"),
                    keep={"pixel_values": "images", "pixel_attention_mask": "images"},
