@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ from taid_vlm.adapters.registry import register_adapter
 from taid_vlm.adapters.text import DTYPES, lm_head_view, pad_left, pad_right, padded_ids, resolve_tokenizer
 from taid_vlm.data.template import TokenizerTemplate
 from taid_vlm.data.types import Sample, SkipSample
+
+logger = logging.getLogger(__name__)
 
 
 def load_image(ref: Any):
@@ -68,6 +71,22 @@ class ComposedAdapter(Adapter):
     def parts(self) -> dict[str, nn.Module]:
         return self.model.parts()
 
+    def save(self, output_dir: str) -> None:
+        """Save as a native transformers LLaVA model + ``LlavaProcessor`` when the layout allows
+        (hf tower + ``mlp`` projector); else as the taid_vlm classes with their code (``auto_map``)."""
+        from taid_vlm.models.export import native_llava_blocker, to_llava
+        from taid_vlm.models.remote_code import save_with_code
+
+        reason = native_llava_blocker(self.model)
+        if reason is None:
+            model, processor = to_llava(self.model, self.processor)
+            processor.chat_template = self.chat_template
+            model.save_pretrained(output_dir, safe_serialization=True)
+            processor.save_pretrained(output_dir)
+            return
+        logger.warning("saving the student with its modelling code (load with trust_remote_code=True): %s", reason)
+        save_with_code(self.model, self.processor, output_dir)
+
     def _pixels(self, sample: Sample) -> torch.Tensor:
         n_blocks = _count_image_blocks(sample.messages)
         if n_blocks != len(sample.images):
@@ -122,13 +141,31 @@ class ComposedAdapter(Adapter):
 def _load_processor(path: str, tokenizer: Any) -> Any:
     from taid_vlm.models import TaidVLMProcessor
 
-    if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-        raise ValueError(f"{path!r} has no processor (preprocessor_config.json); save the student with "
+    # transformers 5 writes the image processor into processor_config.json, 4.x into preprocessor_config.json.
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("processor_config.json", "preprocessor_config.json")):
+        raise ValueError(f"{path!r} has no processor (processor_config.json); save the student with "
                          "adapter.save(dir) or processor.save_pretrained(dir) beside the model")
     processor = TaidVLMProcessor.from_pretrained(path)
     if tokenizer is not None:
         processor.tokenizer = resolve_tokenizer(tokenizer, None)
     return processor
+
+
+def _model_type(path: str) -> str | None:
+    import json
+
+    cfg = os.path.join(path, "config.json")
+    return json.loads(open(cfg).read()).get("model_type") if os.path.isfile(cfg) else None
+
+
+def _warn_if_not_native(model: nn.Module) -> None:
+    # Said before training, so a user who needs a plain-transformers student can change the layout now.
+    from taid_vlm.models.export import native_llava_blocker
+
+    reason = native_llava_blocker(model)
+    if reason:
+        logger.warning("this student will be saved with its own modelling code (auto_map; loading it needs "
+                       "trust_remote_code=True), not as a native transformers LLaVA model: %s", reason)
 
 
 @register_adapter("composed", model_types=("taid_vlm",))
@@ -142,12 +179,23 @@ def build_composed_adapter(path: str | None = None, config: dict | None = None, 
 
     del trust_remote_code  # the composed model's code is this package; nothing remote is run
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if path:
+    if path and _model_type(path) == "llava":
+        # A student saved natively (see ComposedAdapter.save), back in the composed classes to train on.
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        from taid_vlm.models.export import from_llava
+
+        llava = LlavaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+        model, processor = from_llava(llava, AutoProcessor.from_pretrained(path))
+        if tokenizer is not None:
+            processor.tokenizer = resolve_tokenizer(tokenizer, None)
+    elif path:
         model = TaidVLMForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
         processor = _load_processor(path, tokenizer)
     elif config is not None:
         model, processor = build_composed(config, resolve_tokenizer(tokenizer, None), **kwargs)
         model.to(DTYPES[dtype])
+        _warn_if_not_native(model)
     else:
         raise ValueError("composed model: set `path` to a saved student or `config` to build one")
     return ComposedAdapter(model, processor, chat_template)

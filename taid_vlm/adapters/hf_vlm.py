@@ -200,7 +200,8 @@ def _load_processor(source: str, trust_remote_code: bool) -> Any:
     from transformers import AutoProcessor
 
     if os.path.isdir(source):
-        pieces = {"image processor (preprocessor_config.json)": ("preprocessor_config.json",),
+        # transformers 5 keeps the image processor in processor_config.json; 4.x in preprocessor_config.json.
+        pieces = {"image processor (processor_config.json)": ("processor_config.json", "preprocessor_config.json"),
                   "tokenizer (tokenizer.json / tokenizer_config.json)": ("tokenizer.json", "tokenizer_config.json")}
         missing = [k for k, files in pieces.items() if not any(os.path.isfile(os.path.join(source, f)) for f in files)]
         if missing:
@@ -212,7 +213,7 @@ def _load_processor(source: str, trust_remote_code: bool) -> Any:
         raise ValueError(f"cannot load an image processor + tokenizer from {source!r} ({err}); save the "
                          "processor beside the model (processor.save_pretrained(dir)) or set `processor:`") from err
     if getattr(processor, "image_processor", None) is None:
-        raise ValueError(f"{source!r} has a tokenizer but no image processor (preprocessor_config.json); save the "
+        raise ValueError(f"{source!r} has a tokenizer but no image processor (processor_config.json); save the "
                          "processor beside the model (processor.save_pretrained(dir)) or set `processor:`")
     return processor
 

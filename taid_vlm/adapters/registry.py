@@ -29,6 +29,14 @@ def register_adapter(name: str, model_types: tuple[str, ...] = ()) -> Callable:
     return deco
 
 
+def _closest(name: str, known: Any) -> str:
+    """`` (closest known: 'x')`` by string similarity, or ``""`` when nothing is close."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (closest known: {match[0]!r})" if match else ""
+
+
 def available_adapters() -> list[str]:
     """Registered family names, sorted."""
     _import_builtin()
@@ -40,8 +48,8 @@ def family_for_model_type(model_type: str) -> str:
     _import_builtin()
     if model_type not in _MODEL_TYPES:
         raise ValueError(
-            f"no adapter for model_type {model_type!r}; known model types: {sorted(_MODEL_TYPES)}. "
-            "Set `family:` explicitly to one of " + ", ".join(sorted(_BUILDERS))
+            f"no adapter for model_type {model_type!r}{_closest(model_type, _MODEL_TYPES)}; known model types: "
+            f"{sorted(_MODEL_TYPES)}. Set `family:` explicitly to one of " + ", ".join(sorted(_BUILDERS))
         )
     return _MODEL_TYPES[model_type]
 
@@ -50,7 +58,8 @@ def get_builder(family: str) -> Callable[..., Adapter]:
     """The builder registered as ``family``; ValueError listing valid names otherwise."""
     _import_builtin()
     if family not in _BUILDERS:
-        raise ValueError(f"unknown adapter family {family!r}; valid: {', '.join(sorted(_BUILDERS))}")
+        raise ValueError(f"unknown adapter family {family!r}{_closest(family, _BUILDERS)}; "
+                         f"valid: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[family]
 
 

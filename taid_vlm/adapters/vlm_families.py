@@ -1,7 +1,7 @@
 """What differs between Hugging Face VLM families, as data: one ``FamilyRule`` per registry name.
 
 Looked up by the family name the adapter was registered under (``llava``, ``qwen2_vl``, ...),
-never by substrings of a model name. Checked against transformers 4.57's modeling/processing code.
+never by substrings of a model name. Checked against transformers 5.24's modeling/processing code.
 """
 
 from __future__ import annotations
@@ -46,16 +46,18 @@ class FamilyRule:
     needs_image: bool = False
 
 
-_QWEN = {"keep": {"pixel_values": "cat", "image_grid_thw": "cat"}, "vision": "model.visual",
+_QWEN = {"keep": {"pixel_values": "cat", "image_grid_thw": "cat", "mm_token_type_ids": "tokens"}, "vision": "model.visual",
          "projector": "model.visual.merger", "vision_skip": "merger"}
 
 FAMILIES: dict[str, FamilyRule] = {
     r.name: r for r in (
         FamilyRule("llava", ("llava",)),
-        # 4.57's Qwen2-VL derives M-RoPE positions from input_ids (vision_start tokens), so the
-        # processor's optional mm_token_type_ids are not needed by the model.
+        # transformers 5 derives Qwen's M-RoPE positions from the processor's mm_token_type_ids
+        # (1 on image tokens) and refuses images without them.
         FamilyRule("qwen2_vl", ("qwen2_vl",), **_QWEN),
         FamilyRule("qwen2_5_vl", ("qwen2_5_vl",), **_QWEN),
+        # Qwen3-VL's deep-stack mergers (vision features added into early LM layers) stay in `vision`.
+        FamilyRule("qwen3_vl", ("qwen3_vl",), **_QWEN),
         FamilyRule("internvl", ("internvl",)),
         FamilyRule("idefics3", ("idefics3", "smolvlm"),
                    keep={"pixel_values": "images", "pixel_attention_mask": "images"},

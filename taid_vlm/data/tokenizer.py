@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 IMAGE_TOKEN = "<image>"
@@ -17,6 +17,8 @@ BOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, IM_START, IM_END, IMAGE_TOKEN]
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                           r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 # ChatML, as Qwen2 uses it. Image blocks become the "<image>" placeholder that the composed
 # processor expands to the model's number of image tokens. The generation markers let
@@ -53,7 +55,14 @@ def train_bpe_tokenizer(
     with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any HF tokenizer.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen2's normaliser and pre-tokeniser: transformers 5 loads any directory whose config says
+    # qwen2 with its own Qwen2Tokenizer, which rebuilds these two from fixed settings; with the
+    # same ones a saved student tokenizes identically whichever class loads it.
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -68,7 +77,7 @@ def train_bpe_tokenizer(
         bos_token=BOS_TOKEN,
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=[IM_START, IMAGE_TOKEN],
+        extra_special_tokens=[IM_START, IMAGE_TOKEN],
         model_max_length=4096,
         padding_side="right",
     )

@@ -26,6 +26,7 @@ padded rows), else ``len(tokenizer)``.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, SiglipImageProcessor
@@ -34,6 +35,8 @@ from taid_vlm.models.configuration import DEFAULT_VISION, TaidVLMConfig
 from taid_vlm.models.modeling import TaidVLMForConditionalGeneration
 from taid_vlm.models.processing import TaidVLMProcessor
 from taid_vlm.models.vision import load_pretrained_tower
+
+logger = logging.getLogger(__name__)
 
 
 def _token_ids(tokenizer: Any) -> dict[str, Any]:
@@ -56,11 +59,13 @@ def text_config_from_dict(spec: dict[str, Any], tokenizer: Any):
     return AutoConfig.for_model(model_type, **cfg)
 
 
-def build_text_lm(config: dict[str, Any], tokenizer: Any, **load_kwargs: Any) -> PreTrainedModel:
+def build_text_lm(config: dict[str, Any], tokenizer: Any, grow_to_tokenizer: bool = False,
+                  **load_kwargs: Any) -> PreTrainedModel:
     """A causal LM from ``{"path": ...}`` (pretrained) or ``{"config": {...}}`` (random weights).
 
     A dict with ``model_type`` at its top level is taken as the ``config`` itself.
     ``load_kwargs`` go to ``from_pretrained`` / ``from_config`` (``attn_implementation``, ...).
+    ``grow_to_tokenizer``: resize a pretrained LM's embeddings when the tokenizer has more tokens.
     """
     spec = {"config": config} if "model_type" in config else config
     if spec.get("path"):
@@ -75,6 +80,8 @@ def build_text_lm(config: dict[str, Any], tokenizer: Any, **load_kwargs: Any) ->
         model = AutoModelForCausalLM.from_config(text_config_from_dict(spec, tokenizer), **load_kwargs)
     else:
         raise ValueError("text: set `path` to a pretrained LM or `config` (a dict with model_type)")
+    if grow_to_tokenizer and model.get_output_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))  # tokens added on top of the LM's (the image token)
     check_vocab(model.get_output_embeddings().weight.shape[0], len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -109,17 +116,27 @@ def _resolve_vision(user_vision: dict[str, Any]):
     return tower, vision
 
 
+def _with_image_token(tokenizer: Any, image_token: str) -> tuple[Any, int]:
+    """``(tokenizer, id of image_token)``; a tokenizer without the token gets a copy with it added
+    as a special token (a text LM's tokenizer has none; the LM's embeddings grow to match)."""
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id is not None and token_id != tokenizer.unk_token_id:
+        return tokenizer, token_id
+    tokenizer = copy.deepcopy(tokenizer)  # never change the caller's (possibly shared) tokenizer
+    tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    logger.warning("the tokenizer had no %r token: added it as id %d (the LM embeddings grow to cover it)",
+                   image_token, len(tokenizer) - 1)
+    return tokenizer, tokenizer.convert_tokens_to_ids(image_token)
+
+
 def build_composed(config: dict[str, Any], tokenizer: Any, **load_kwargs: Any
                    ) -> tuple[TaidVLMForConditionalGeneration, TaidVLMProcessor]:
     """The composed student and its processor from the schema in the module docstring."""
     image_token = config.get("image_token", "<image>")
-    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-    if image_token_id is None or image_token_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {image_token!r} token; add it as a special token "
-                         "(and resize the LM embeddings) or set `image_token` to one it has")
+    tokenizer, image_token_id = _with_image_token(tokenizer, image_token)
     tower, vision = _resolve_vision(config.get("vision") or {})
     text = config.get("text") or {}
-    lm = build_text_lm(text, tokenizer, **load_kwargs) if text.get("path") else None
+    lm = build_text_lm(text, tokenizer, grow_to_tokenizer=True, **load_kwargs) if text.get("path") else None
     text_config = lm.config if lm is not None else text_config_from_dict(text, tokenizer)
     if load_kwargs.get("attn_implementation"):
         text_config._attn_implementation = load_kwargs["attn_implementation"]

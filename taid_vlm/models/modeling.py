@@ -41,11 +41,14 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = "past_key_values"
 
     def __init__(self, config: TaidVLMConfig, language_model: nn.Module | None = None,
                  vision_tower: nn.Module | None = None) -> None:
         super().__init__(config)
+        if config.text_config._attn_implementation is None:
+            # transformers 5's config init resets the sub-config's attention to None, which a prebuilt
+            # LM (sharing that config) then runs without its kernel; use the one resolved above.
+            config.text_config._attn_implementation = config._attn_implementation
         if vision_tower is None:
             vision_tower = build_vision_tower(config.vision)
         else:
@@ -59,9 +62,7 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.projector = build_projector(config.projector, vision_tower.out_dim, config.text_config.hidden_size)
         self.language_model = language_model
         config.num_image_tokens = vision_tower.num_tokens // self.projector.token_factor
-        if self._tied_weights_keys is None and getattr(language_model, "_tied_weights_keys", None):
-            # safetensors refuses shared tensors unless the tied names are declared.
-            self._tied_weights_keys = [f"language_model.{k}" for k in language_model._tied_weights_keys]
+        # transformers 5 collects the LM's tied weights ({target: source}) from its children in post_init.
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -137,29 +138,21 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        cache_position: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ):
-        """Same outputs as the LM's forward (``CausalLMOutputWithPast``); ``labels`` give the LM loss."""
+        """Same outputs as the LM's forward (``CausalLMOutputWithPast``); ``labels`` give the LM loss.
+
+        The KV cache and any other LM argument pass through ``kwargs`` untouched. ``generate`` feeds
+        ``pixel_values`` only at prefill (transformers drops them on later steps), so decoding steps
+        see text tokens without ``<image>`` slots.
+        """
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, use_cache=use_cache,
-            cache_position=cache_position, logits_to_keep=logits_to_keep, **kwargs,
+            labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
         )
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None,
-                                      pixel_values=None, attention_mask=None, cache_position=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask, cache_position=cache_position, **kwargs,
-        )
-        # Images enter only at prefill; later steps feed text tokens with no <image> slots.
-        inputs["pixel_values"] = pixel_values if cache_position is None or cache_position[0] == 0 else None
-        return inputs

@@ -16,9 +16,7 @@ class TaidVLMProcessor(ProcessorMixin):
     Saves/loads with ``save_pretrained`` / ``AutoProcessor.from_pretrained`` beside the model.
     """
 
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    # transformers 5 reads the sub-processors (image_processor, tokenizer) from __init__'s signature.
 
     def __init__(self, image_processor=None, tokenizer=None, num_image_tokens: int = 1,
                  image_token: str = "<image>", chat_template: str | None = None, **kwargs: Any) -> None:
@@ -43,18 +41,44 @@ class TaidVLMProcessor(ProcessorMixin):
             return torch.zeros(0, 3, size["height"], size["width"])
         return self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
 
-    def __call__(self, text: str | list[str] | None = None, images: list[Any] | None = None,
-                 return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
-        """Tokenise ``text`` (placeholders expanded; one ``<image>`` per image, in order) and images."""
+    def __call__(self, images: Any = None, text: str | list[str] | None = None, videos: Any = None,
+                 audio: Any = None, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
+        """Tokenise ``text`` (placeholders expanded; one ``<image>`` per image, in order) and images.
+
+        ``images`` may be flat or nested per text (as ``apply_chat_template`` and the
+        ``image-text-to-text`` pipeline pass them); ``videos``/``audio`` are refused.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("this student reads images and text only (no videos or audio)")
+        if isinstance(images, str) or (isinstance(images, list) and images and isinstance(images[0], str)):
+            images, text = text, images  # positional (text, images) as the 4.x signature had them
         data: dict[str, Any] = {}
+        flat = None if images is None else list(_flatten(images))
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             n_slots = sum(t.count(self.image_token) for t in texts)
-            if images is not None and n_slots != len(images):
-                raise ValueError(f"{n_slots} {self.image_token} placeholders in the text but {len(images)} images")
+            if flat is not None and n_slots != len(flat):
+                raise ValueError(f"{n_slots} {self.image_token} placeholders in the text but {len(flat)} images")
+            tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
             enc = self.tokenizer([self.expand_image_tokens(t) for t in texts], return_tensors=return_tensors,
-                                 add_special_tokens=False, return_token_type_ids=False, **kwargs)
+                                 add_special_tokens=False, return_token_type_ids=False, **tok_kwargs)
             data.update(enc)
-        if images is not None:
-            data["pixel_values"] = self.preprocess_images(list(images))
+        if flat is not None:
+            data["pixel_values"] = self.preprocess_images(flat)
         return BatchFeature(data=data)
+
+
+# Tokenizer options a caller (apply_chat_template, pipelines, lm-eval) may pass through the processor.
+_TOKENIZER_KWARGS = ("padding", "truncation", "max_length", "padding_side", "return_attention_mask",
+                     "pad_to_multiple_of")
+
+
+def _flatten(images: Any):
+    """Images in order from an image, a list, or a list of per-text lists (``None`` entries skipped)."""
+    if images is None:
+        return
+    if isinstance(images, (list, tuple)):
+        for item in images:
+            yield from _flatten(item)
+    else:
+        yield images

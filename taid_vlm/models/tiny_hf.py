@@ -27,13 +27,14 @@ FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA
 _ATTRS: dict[str, dict[str, str]] = {
     "llava": {"image_token": "<image>"},
     "qwen2_vl": {},
+    "qwen3_vl": {},
     "internvl": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                  "video_token": "<video>"},
     "idefics3": {},
     "paligemma": {"image_token": "<image>"},
     "gemma3": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
 }
-TINY_VARIANTS = ("llava_clip", "llava_siglip", "qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma",
+TINY_VARIANTS = ("llava_clip", "llava_siglip", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
                  "gemma3")
 # Registry family of each tiny variant.
 VARIANT_FAMILY = {v: v for v in TINY_VARIANTS} | {"llava_clip": "llava", "llava_siglip": "llava"}
@@ -43,7 +44,7 @@ _SIZE = 32  # image side in pixels
 def vlm_tokenizer(base: Any) -> Any:
     """A copy of ``base`` with every family's special tokens added (idempotent, order fixed)."""
     tok = copy.deepcopy(base)
-    tok.add_special_tokens({"additional_special_tokens": FAMILY_TOKENS}, replace_additional_special_tokens=False)
+    tok.add_special_tokens({"extra_special_tokens": FAMILY_TOKENS}, replace_extra_special_tokens=False)
     return tok
 
 
@@ -61,7 +62,7 @@ def as_tokenizer_class(tok: Any, cls: Any, **kwargs: Any) -> Any:
     backend, special tokens and attributes, so the vocabulary and every token id stay the same."""
     out = cls(tokenizer_object=copy.deepcopy(tok.backend_tokenizer), bos_token=tok.bos_token,
               eos_token=tok.eos_token, pad_token=tok.pad_token, unk_token=tok.unk_token,
-              additional_special_tokens=list(tok.additional_special_tokens), model_max_length=tok.model_max_length,
+              extra_special_tokens=list(tok.extra_special_tokens), model_max_length=tok.model_max_length,
               padding_side=tok.padding_side, **kwargs)
     out.chat_template = tok.chat_template
     for name, value in vars(tok).items():
@@ -128,6 +129,14 @@ def _qwen(variant: str, tok: Any) -> tuple[Any, Any]:
         vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 32, "window_size": 16,
                    "fullatt_block_indexes": [0]}
         cfg, cls, pcls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
+    if variant == "qwen3_vl":
+        # Qwen3-VL: plain ViT blocks + deep-stack mergers feeding LM layer 0; rope_parameters (5.x name).
+        text = _text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "mrope_section": [1, 1, 2], "mrope_interleaved": True})
+        vision = {"depth": 2, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                  "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 32, "num_position_embeddings": 64,
+                  "deepstack_visual_indexes": [0]}
+        cfg, cls, pcls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLProcessor
     config = cfg(text_config=text, vision_config=vision, **ids)
     # 32x32 px -> 8x8 patches of 4 px -> 16 tokens after the 2x2 merge.
     ip = Qwen2VLImageProcessor(min_pixels=16 * 16, max_pixels=_SIZE * _SIZE, patch_size=4, merge_size=2,
@@ -197,7 +206,8 @@ def _paligemma(tok: Any) -> tuple[Any, Any]:
     ip.image_seq_length = 16  # 4x4 patches, no pooling
     # The processor adds 1,152 <loc>/<seg> detection tokens to the tokenizer it is given; give it a
     # throwaway copy, then put the shared tokenizer back so the vocabulary stays the shared one.
-    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False)
+    # mask_token=None: transformers 5's Gemma tokenizer would add a "<mask>" token to the shared vocabulary.
+    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False, mask_token=None)
     proc = PaliGemmaProcessor(ip, copy.deepcopy(tok), chat_template=T.PALIGEMMA)
     proc.tokenizer = tok
     return PaliGemmaForConditionalGeneration(cfg), proc

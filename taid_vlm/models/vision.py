@@ -13,11 +13,12 @@ from typing import Any
 
 from torch import nn
 
-# backend name -> "module:class"; imported lazily so timm/open_clip load only when used.
+# backend name -> "module:class" beside this file; imported lazily so timm/open_clip load only when
+# used. Relative to this package, so the copy saved with a student (``remote_code``) finds them too.
 BACKENDS = {
-    "hf": "taid_vlm.models.vision_hf:HFVisionTower",
-    "timm": "taid_vlm.models.vision_timm:TimmVisionTower",
-    "open_clip": "taid_vlm.models.vision_open_clip:OpenClipVisionTower",
+    "hf": "vision_hf:HFVisionTower",
+    "timm": "vision_timm:TimmVisionTower",
+    "open_clip": "vision_open_clip:OpenClipVisionTower",
 }
 
 
@@ -25,7 +26,7 @@ def _backend_class(name: str) -> type:
     if name not in BACKENDS:
         raise ValueError(f"unknown vision backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
 def build_vision_tower(spec: dict[str, Any]) -> nn.Module:

@@ -63,9 +63,9 @@ class HFVisionTower(nn.Module):
         tower = cls(resolved)
         state = full.state_dict()
         if full.config is not cfg:
-            # A composite model (CLIPModel, SiglipModel): its vision weights carry the same
-            # "vision_model." prefix as the stand-alone vision model.
-            state = {k: v for k, v in state.items() if k.startswith("vision_model.")}
+            # A composite model (CLIPModel, SiglipModel): its vision part sits under "vision_model.";
+            # transformers 5's stand-alone vision models have no such prefix.
+            state = {k.removeprefix("vision_model."): v for k, v in state.items() if k.startswith("vision_model.")}
         missing, _ = tower.model.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"pretrained vision weights at {path!r} miss {missing[:5]}")

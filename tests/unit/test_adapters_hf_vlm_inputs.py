@@ -78,7 +78,7 @@ def test_missing_processor_pieces_are_named(qwen, tmp_path):
     with pytest.raises(ValueError, match=r"no image processor .* and no tokenizer .*processor.save_pretrained"):
         build_adapter("qwen2_vl", path=str(tmp_path / "m"))
     qwen.tokenizer.save_pretrained(tmp_path / "m")  # tokenizer alone: no image processor
-    with pytest.raises(ValueError, match=r"no image processor \(preprocessor_config.json\); save"):
+    with pytest.raises(ValueError, match=r"no image processor \(processor_config.json\); save"):
         build_adapter("qwen2_vl", path=str(tmp_path / "m"))
 
 

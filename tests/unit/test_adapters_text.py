@@ -138,11 +138,12 @@ def test_head_smaller_than_tokenizer_is_refused(tiny_tokenizer):
 def test_generation_never_picks_padded_vocab_rows(tiny_tokenizer):
     a = _adapter(tiny_tokenizer, pad=40)
     V = len(tiny_tokenizer)
-    with torch.no_grad():
-        a.model.lm_head.weight[V:] += 5.0  # padded rows would now win every raw argmax (tied head)
     prompt = a.tokenizer.apply_chat_template(CONV[:2], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([a.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
+        # Padded rows along the last hidden state give them logit 100: they win every raw argmax.
+        h = a.model.model(input_ids=ids).last_hidden_state[0, -1]
+        a.model.lm_head.weight[V:] = h * (100.0 / h.square().sum())
         assert int(a.model(input_ids=ids).logits[0, -1].argmax()) >= V
     captured = {}
     original = a.model.generate

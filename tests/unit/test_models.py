@@ -128,7 +128,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_tokenizer, vision):
     plain = grads()
     model.gradient_checkpointing_enable()
     tower = model.vision_tower.model
-    assert getattr(tower, "grad_checkpointing", None) or tower.vision_model.encoder.gradient_checkpointing
+    assert getattr(tower, "grad_checkpointing", None) or tower.encoder.gradient_checkpointing
     assert model.language_model.model.gradient_checkpointing
     for g0, g1 in zip(plain, grads()):
         torch.testing.assert_close(g0, g1)
@@ -147,8 +147,8 @@ def test_pretrained_parts_are_loaded_and_reload_offline(tiny_tokenizer, tmp_path
     cfg["vision"] = {"backend": "hf", "name": str(tmp_path / "tower"), "pretrained": True, "image_size": 32}
     cfg["text"] = {"path": str(tmp_path / "lm")}
     model, proc = build_composed(cfg, tiny_tokenizer)
-    emb = tower.vision_model.embeddings.patch_embedding.weight
-    assert torch.equal(model.vision_tower.model.vision_model.embeddings.patch_embedding.weight, emb)
+    emb = tower.embeddings.patch_embedding.weight
+    assert torch.equal(model.vision_tower.model.embeddings.patch_embedding.weight, emb)
     lm = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
     assert torch.equal(model.language_model.lm_head.weight, lm.lm_head.weight)
     assert model.config.vision["pretrained"] is False and model.config.vision["config"]["hidden_size"] == 32
@@ -157,7 +157,7 @@ def test_pretrained_parts_are_loaded_and_reload_offline(tiny_tokenizer, tmp_path
         for f in (tmp_path / sub).iterdir():
             f.unlink()
     again = type(model).from_pretrained(tmp_path / "student")
-    assert torch.equal(again.vision_tower.model.vision_model.embeddings.patch_embedding.weight, emb)
+    assert torch.equal(again.vision_tower.model.embeddings.patch_embedding.weight, emb)
 
 
 def test_unknown_names_list_the_valid_ones(tiny_tokenizer):
@@ -192,7 +192,7 @@ def test_hf_backend_takes_the_vision_part_of_a_composite_config(tiny_tokenizer):
     model, proc = build_composed(cfg, tiny_tokenizer)
     assert type(model.vision_tower.model).__name__ == "CLIPVisionModel"
     assert model.config.vision["image_size"] == 48 and proc.image_processor.size == {"height": 48, "width": 48}
-    assert len(model.vision_tower.model.vision_model.encoder.layers) == 2  # blocks after layer -2 dropped
+    assert len(model.vision_tower.model.encoder.layers) == 2  # blocks after layer -2 dropped
     assert model.config.num_image_tokens == 36 // 4
     batch = proc(text=PROMPT, images=_images(1))
     assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
