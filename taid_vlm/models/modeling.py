@@ -24,6 +24,14 @@ def _mark_initialised(module: nn.Module) -> None:
         m._is_hf_initialized = True
 
 
+def _no_split_of(*parts: nn.Module) -> list[str]:
+    names: list[str] = []
+    for part in parts:
+        for m in part.modules():
+            names += [n for n in getattr(m, "_no_split_modules", None) or [] if n not in names]
+    return names
+
+
 class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     """Composed VLM. Parts: ``vision_tower``, ``projector``, ``language_model`` (see ``parts()``).
 
@@ -58,6 +66,9 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.vision_tower = vision_tower
         self.projector = build_projector(config.projector, vision_tower.out_dim, config.text_config.hidden_size)
         self.language_model = language_model
+        # Block classes that FSDP auto-wrap and accelerate's device maps must keep whole: the LM's
+        # decoder layers and the vision tower's blocks, as each part's own class declares them.
+        self._no_split_modules = _no_split_of(vision_tower, language_model)
         config.num_image_tokens = vision_tower.num_tokens // self.projector.token_factor
         if self._tied_weights_keys is None and getattr(language_model, "_tied_weights_keys", None):
             # safetensors refuses shared tensors unless the tied names are declared.

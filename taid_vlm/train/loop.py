@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from taid_vlm.config import Config, ConfigError
@@ -25,7 +26,7 @@ from taid_vlm.losses import DistillLoss, NonFiniteError
 from taid_vlm.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from taid_vlm.train.data_order import micro_batch_loader
 from taid_vlm.train.run_log import RunLogger
-from taid_vlm.train.setup import RunParts, build_run
+from taid_vlm.train.setup import RunParts, build_run, launch_summary
 from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
 
 # Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
@@ -49,6 +50,8 @@ class Trainer:
         self.acc = self.parts.accelerator
         self.out = Path(cfg.train.output_dir)
         self.log = RunLogger(self.out, self.acc, cfg, enabled=self.acc.is_main_process)
+        self.launch = launch_summary(self.acc, cfg)
+        self.log.info("launch: " + ", ".join(f"{k}={v}" for k, v in self.launch.items()))
         self.keys = step_keys(self.parts.loss_fn)  # the named sums of a step, in all-reduce order
         self.loss_logs: dict[str, float] = {}
         self.step = 0
@@ -64,6 +67,7 @@ class Trainer:
             if batch is None or batch.get("student") is None:
                 self._zero_backward()  # nothing usable in this micro-batch
                 return torch.zeros(len(self.keys), device=acc.device)
+            batch = send_to_device(batch, acc.device)  # the loader yields CPU tensors
             s = p.student_module(batch["student"])
             teacher_rows, teacher_logits = teacher_side(p, s, batch)
             try:

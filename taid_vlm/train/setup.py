@@ -93,7 +93,7 @@ def claim_output_dir(cfg: Config, resume: str | None, is_main: bool, barrier: An
     return resume_from
 
 
-def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter | None]:
+def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
     student = build_adapter(**cfg.student.adapter_kwargs())
     teacher = None
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
@@ -105,8 +105,10 @@ def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter
         from taid_vlm.adapters.checks import check_tokenizers
 
         check_tokenizers(teacher.tokenizer, student.tokenizer)
-        # The teacher is frozen: eval mode, no grads, never wrapped for DDP.
-        teacher.model.to(device).eval().requires_grad_(False)
+        # The teacher is frozen: eval mode, no grads, never wrapped for DDP; placed as configured.
+        from taid_vlm.train.placement import place_teacher
+
+        place_teacher(teacher.model, cfg.teacher, acc)
     return student, teacher
 
 
@@ -149,14 +151,15 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     """Build the accelerator, models, loss, data and optimizer of a run (fails fast on bad input)."""
     check_paths(cfg)
-    acc = Accelerator(
-        cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.train.output_dir,
-    )
+    acc = make_accelerator(cfg)
+    if cfg.loss.needs_teacher and not cfg.teacher.cache:
+        from taid_vlm.train.placement import check_placement
+
+        check_placement(cfg.teacher, acc)
     resume_from = claim_output_dir(cfg, resume, acc.is_main_process, acc.wait_for_everyone)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
-    student, teacher = _build_adapters(cfg, acc.device)
+    student, teacher = _build_adapters(cfg, acc)
     if cfg.student.gradient_checkpointing and hasattr(student.model, "gradient_checkpointing_enable"):
         student.model.gradient_checkpointing_enable()
     apply_trainability(student.parts(), cfg.student)
@@ -179,10 +182,32 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     optimizer, scheduler = build_optimizer(groups, cfg.train, total)
     module, optimizer = acc.prepare(module, optimizer)
     params = [q for g in optimizer.param_groups for q in g["params"]]
-    if acc.is_main_process and cfg.logging.tensorboard:
-        acc.init_trackers("tb", config=_flat_hparams(cfg))
+    if acc.is_main_process and cfg.logging.trackers():
+        acc.init_trackers("taid-vlm", config=_flat_hparams(cfg))
     return RunParts(acc, student, module, teacher, loss_fn, optimizer, scheduler, params, samples, val, plan,
                     collate, report, total, resume_from, cache, sampler)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator. Precision and device come from the launcher (``accelerate launch
+    --mixed_precision``, its config file, ``--cpu``) unless the recipe sets them: a null
+    ``train.mixed_precision`` is left for accelerate to resolve."""
+    return Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
+                       log_with=cfg.logging.trackers() or None, project_dir=cfg.train.output_dir)
+
+
+def launch_summary(acc: Accelerator, cfg: Config) -> dict[str, Any]:
+    """The settings accelerate resolved for this run (logged at start): engine, processes, device,
+    precision, where each came from, and the teacher's placement."""
+    from taid_vlm.train.placement import distributed_type
+
+    return {
+        "engine": distributed_type(acc), "num_processes": acc.num_processes, "device": str(acc.device),
+        "mixed_precision": str(acc.mixed_precision),
+        "mixed_precision_from": "recipe" if cfg.train.mixed_precision is not None else "launcher",
+        "teacher_placement": None if cfg.teacher.cache or not cfg.loss.needs_teacher else cfg.teacher.placement,
+        "trackers": cfg.logging.trackers(),
+    }
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:

@@ -27,18 +27,25 @@ class StudentForward(nn.Module):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model  # registered so .parameters() and DDP see the student's weights
+        # accelerate's FSDP transformer auto-wrap reads this from the module it prepares (this one).
+        self._no_split_modules = list(getattr(adapter.model, "_no_split_modules", None) or [])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ResponseHidden:
         return self.adapter.response_hidden(batch)
 
 
 def teacher_response(teacher: Adapter, batch: dict[str, torch.Tensor]) -> ResponseHidden:
-    """The teacher's response rows, computed without autograd (the teacher is frozen)."""
-    with torch.no_grad():
+    """The teacher's response rows, computed without autograd (the teacher is frozen), on the
+    batch's device (a dispatched teacher's last layer may sit elsewhere; its head may be offloaded)."""
+    from taid_vlm.train.placement import head_context
+
+    dev = batch["input_ids"].device
+    with torch.no_grad(), head_context(teacher.model, dev):
         out = teacher.response_hidden(batch)
+        weight = out.weight.detach().to(dev)
     return ResponseHidden(
-        hidden=out.hidden.detach(), weight=out.weight.detach(), targets=out.targets,
-        sample_index=out.sample_index, bias=None if out.bias is None else out.bias.detach(),
+        hidden=out.hidden.detach().to(dev), weight=weight, targets=out.targets.to(dev),
+        sample_index=out.sample_index.to(dev), bias=None if out.bias is None else out.bias.detach().to(dev),
         logit_softcap=out.logit_softcap, logit_scale=out.logit_scale,
     )
 
