@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
 from taid_vlm.losses import DistillLoss, NonFiniteError
-from taid_vlm.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from taid_vlm.train.checkpoint import (
+    SHARDED_ENGINES,
+    load_checkpoint,
+    load_engine_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    save_engine_checkpoint,
+    save_final_student,
+)
 from taid_vlm.train.data_order import micro_batch_loader
 from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run, launch_summary
@@ -170,6 +178,9 @@ class Trainer:
 
     def save(self) -> Path:
         p, acc = self.parts, self.acc
+        if self.launch["engine"] in SHARDED_ENGINES:  # shards on every rank: accelerate's save_state
+            return save_engine_checkpoint(acc, self.out, self.step, state=self._state(), keep_last=self.cfg.train.keep_last,
+                                          config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         return save_checkpoint(
             self.out, self.step, model=acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
             scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, state=self._state(),
@@ -180,16 +191,23 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         p = self.parts
-        state = load_checkpoint(
-            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
-            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
-        )
+        if self.launch["engine"] in SHARDED_ENGINES:
+            state = load_engine_checkpoint(self.acc, path)
+        else:
+            state = self._load_plain(path)
         self.step = int(state["step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         if p.sampler is not None and state.get("sampler"):
             p.sampler.load_state_dict(state["sampler"])
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
+
+    def _load_plain(self, path: Path) -> dict[str, Any]:
+        p = self.parts
+        return load_checkpoint(
+            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
+        )
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -235,9 +253,12 @@ class Trainer:
         """Save the final student with ``save_pretrained`` + tokenizer/processor and the data report."""
         p, acc = self.parts, self.acc
         acc.wait_for_everyone()
+        final = self.out / "final"
+        if self.launch["engine"] in SHARDED_ENGINES:  # gathered from the shards (collective)
+            save_final_student(acc, p.student, p.student_module, final)
         if acc.is_main_process:
-            final = self.out / "final"
-            p.student.save(str(final))
+            if self.launch["engine"] not in SHARDED_ENGINES:
+                p.student.save(str(final))
             (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}
             (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))

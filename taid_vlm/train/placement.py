@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,6 +29,24 @@ _QUANT_LIBS = {"8bit": "torchao", "4bit": "torchao"}
 def distributed_type(acc: Any) -> str:
     """accelerate's engine name for this launch: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED, ..."""
     return str(getattr(acc.distributed_type, "value", acc.distributed_type))
+
+
+def check_engine(acc: Any, cfg: Any) -> None:
+    """Refuse a student engine this package cannot drive correctly, before weights load."""
+    if distributed_type(acc) != "DEEPSPEED":
+        return
+    plugin = acc.state.deepspeed_plugin
+    stage = int((plugin.deepspeed_config.get("zero_optimization") or {}).get("stage", 0)) if plugin else 0
+    if stage == 3:
+        # ZeRO-3 repartitions the LM head as soon as the student's forward returns, but the fused loss
+        # reads that weight after it: the result would be an empty matrix, not a gradient.
+        raise ConfigError("accelerate config: DeepSpeed ZeRO-3 shards the student's LM head, which the distillation "
+                          "loss reads outside the forward (not supported yet); use FSDP2 "
+                          "(configs/accelerate/fsdp.yaml) or ZeRO stage 1/2")
+    ga = getattr(plugin, "gradient_accumulation_steps", None)
+    if ga not in (None, "auto", cfg.train.grad_accum):
+        raise ConfigError(f"train.grad_accum: {cfg.train.grad_accum} but the DeepSpeed config accumulates {ga} "
+                          "micro-batches per step; set them equal")
 
 
 def check_placement(tcfg: TeacherConfig, acc: Any) -> None:
@@ -107,6 +126,10 @@ def shard_teacher(model: nn.Module, acc: Any) -> nn.Module:
     blocks = [m for m in model.modules() if type(m).__name__ in no_split]
     for block in blocks:
         fully_shard(block.to(acc.device))
+    # Each block is its own FSDP root (the adapters call the body, never the model's forward), and a
+    # root keeps its parameters gathered after forward, expecting a backward; the frozen teacher has
+    # none, so teacher_context reshards the blocks after every teacher forward.
+    model._taid_sharded_blocks = blocks
     sharded = {id(p) for b in blocks for p in b.parameters()}
     for p in model.parameters():  # what no block owns: moved whole, parameter by parameter
         if id(p) not in sharded:
@@ -141,13 +164,16 @@ def quantize_teacher(model: nn.Module, mode: str) -> None:
     quantize_(model, config, filter_fn=lambda m, _fqn: isinstance(m, nn.Linear) and m is not head)
 
 
-def head_context(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
-    """Context in which the teacher's LM-head weight is a real tensor on ``device``: an offloaded
-    head (dispatched placement) is loaded for the duration; otherwise nothing happens."""
+@contextlib.contextmanager
+def teacher_context(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Context for one teacher forward + LM-head read: an offloaded head (dispatched) is loaded on
+    ``device`` for the duration; FSDP2-sharded blocks (sharded) are resharded on exit."""
     from accelerate.utils import has_offloaded_params
     from accelerate.utils.modeling import align_module_device
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or not has_offloaded_params(head):
-        return contextlib.nullcontext()
-    return align_module_device(head, device)
+    offloaded = head is not None and has_offloaded_params(head)
+    with align_module_device(head, device) if offloaded else contextlib.nullcontext():
+        yield
+    for block in getattr(model, "_taid_sharded_blocks", ()):
+        block.reshard()

@@ -21,9 +21,10 @@ from taid_vlm.data.collate import PairCollator
 from taid_vlm.data.report import DataReport
 from taid_vlm.data.types import Sample
 from taid_vlm.losses import DistillLoss, get_loss
-from taid_vlm.train.checkpoint import list_checkpoints, resolve_resume
+from taid_vlm.train.checkpoint import SHARDED_ENGINES, list_checkpoints, resolve_resume
 from taid_vlm.train.data_order import MicroBatchPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
+from taid_vlm.train.placement import check_engine, check_placement, distributed_type
 from taid_vlm.train.step import StudentForward
 
 if TYPE_CHECKING:  # imported where used: the cache and the sampler are optional parts of a run
@@ -152,9 +153,8 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     """Build the accelerator, models, loss, data and optimizer of a run (fails fast on bad input)."""
     check_paths(cfg)
     acc = make_accelerator(cfg)
+    check_engine(acc, cfg)
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
-        from taid_vlm.train.placement import check_placement
-
         check_placement(cfg.teacher, acc)
     resume_from = claim_output_dir(cfg, resume, acc.is_main_process, acc.wait_for_everyone)
     acc.wait_for_everyone()
@@ -181,6 +181,9 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     groups = param_groups(student.parts(), cfg.train, extra=loss_fn)
     optimizer, scheduler = build_optimizer(groups, cfg.train, total)
     module, optimizer = acc.prepare(module, optimizer)
+    if distributed_type(acc) in SHARDED_ENGINES:
+        # accelerate.save_state then saves (and load_state restores) these beside the engine's shards.
+        acc.register_for_checkpointing(scheduler, loss_fn)
     params = [q for g in optimizer.param_groups for q in g["params"]]
     if acc.is_main_process and cfg.logging.trackers():
         acc.init_trackers("taid-vlm", config=_flat_hparams(cfg))
@@ -199,8 +202,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def launch_summary(acc: Accelerator, cfg: Config) -> dict[str, Any]:
     """The settings accelerate resolved for this run (logged at start): engine, processes, device,
     precision, where each came from, and the teacher's placement."""
-    from taid_vlm.train.placement import distributed_type
-
     return {
         "engine": distributed_type(acc), "num_processes": acc.num_processes, "device": str(acc.device),
         "mixed_precision": str(acc.mixed_precision),
