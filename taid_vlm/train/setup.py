@@ -156,6 +156,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     check_engine(acc, cfg)
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
         check_placement(cfg.teacher, acc)
+        check_fits(cfg, acc)
     resume_from = claim_output_dir(cfg, resume, acc.is_main_process, acc.wait_for_everyone)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
@@ -189,6 +190,25 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
         acc.init_trackers("taid-vlm", config=_flat_hparams(cfg))
     return RunParts(acc, student, module, teacher, loss_fn, optimizer, scheduler, params, samples, val, plan,
                     collate, report, total, resume_from, cache, sampler)
+
+
+def check_fits(cfg: Config, acc: Accelerator) -> None:
+    """On GPUs, refuse a teacher placement that the memory plan says cannot fit, before weights load."""
+    if acc.device.type != "cuda":
+        return  # the plan is about GPU memory
+    from taid_vlm.train.plan import format_plan, make_plan
+
+    try:
+        plan = make_plan(cfg, acc.num_processes, torch.cuda.get_device_properties(acc.device).total_memory)
+    except ConfigError as err:  # no config.json to count from: run without the check, say so
+        if acc.is_main_process:
+            print(f"[taid-vlm] memory plan skipped: {err}")
+        return
+    row = plan["placements"][cfg.teacher.placement]
+    if not row["fits"]:
+        fitting = [n for n, r in plan["placements"].items() if r["fits"]]
+        raise ConfigError(f"teacher.placement: {cfg.teacher.placement} needs ~{row['total'] / 2**30:.1f} GiB per GPU "
+                          f"here; placements that fit: {', '.join(fitting) or 'none'}\n{format_plan(plan)}")
 
 
 def make_accelerator(cfg: Config) -> Accelerator:

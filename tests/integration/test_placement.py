@@ -68,3 +68,18 @@ def test_training_with_a_dispatched_teacher_matches_replicated(run_env, tmp_path
         assert rb["tokens"] == ra["tokens"]
         for key in ("loss", "distil_loss", "taid_t", "grad_norm"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), key
+
+
+def test_plan_counts_composed_models_as_built(run_env, tmp_path):
+    from taid_vlm.config_io import load_config
+    from taid_vlm.train.plan import model_shape
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", run_env))
+    built = {"student": build_adapter(**cfg.student.adapter_kwargs()), "teacher": build_adapter("composed", path=run_env["teacher"])}
+    for side, adapter in built.items():
+        shape = model_shape(getattr(cfg, side))  # meta device, from the config (student) / config.json (teacher)
+        params = {id(p): p.numel() for p in adapter.model.parameters()}
+        assert shape.params == sum(params.values()), side
+        head = adapter.model.get_output_embeddings().weight
+        assert shape.head == head.numel() and shape.vocab == head.shape[0]
+    assert model_shape(cfg.student).trainable == model_shape(cfg.student).params  # every part trained by default
