@@ -77,3 +77,28 @@ def test_sharded_teacher_and_quantization_need_their_engine_here():
     with pytest.raises(ConfigError, match="teacher.quantization: 8bit"):
         check_placement(cfg.teacher, acc)  # torchao missing, or no GPU: refused either way
     check_placement(_cfg(teacher={"placement": "dispatched"}).teacher, acc)  # runs anywhere
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_launcher_precision_applies_unless_the_recipe_sets_one(monkeypatch, tmp_path, fresh_accelerate_state):
+    from accelerate.state import AcceleratorState
+
+    from taid_vlm.train.setup import launch_summary, make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    cfg = _cfg(train={"cpu": True, "output_dir": str(tmp_path)}, logging={"report_to": []})
+    acc = make_accelerator(cfg)
+    summary = launch_summary(acc, cfg)
+    assert summary["mixed_precision"] == "bf16" and summary["mixed_precision_from"] == "launcher"
+    AcceleratorState._reset_state(True)
+    cfg = _cfg(train={"cpu": True, "output_dir": str(tmp_path), "mixed_precision": "no"}, logging={"report_to": []})
+    summary = launch_summary(make_accelerator(cfg), cfg)
+    assert summary["mixed_precision"] == "no" and summary["mixed_precision_from"] == "recipe"
