@@ -88,9 +88,13 @@ def dispatch_teacher(model: nn.Module, tcfg: TeacherConfig, device: torch.device
     """Spread ``model`` over ``teacher.max_memory`` (GPUs, then CPU RAM, then disk) with accelerate's
     big-model dispatch; returns the device map. Decoder layers and vision blocks are never split."""
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
 
     max_memory = normalise_max_memory(tcfg.max_memory)
     no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if max_memory is None and torch.cuda.device_count() > 1:
+        # Spread evenly and keep GPU 0 light: the student trains there (the memory plan assumes it).
+        max_memory = get_balanced_memory(model, no_split_module_classes=no_split, low_zero=True)
     device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
     if device_map.get("") == "disk":
         raise ConfigError(f"teacher.max_memory: {tcfg.max_memory} holds not even the teacher's first block; "
