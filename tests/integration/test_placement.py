@@ -83,3 +83,20 @@ def test_plan_counts_composed_models_as_built(run_env, tmp_path):
         head = adapter.model.get_output_embeddings().weight
         assert shape.head == head.numel() and shape.vocab == head.shape[0]
     assert model_shape(cfg.student).trainable == model_shape(cfg.student).params  # every part trained by default
+
+
+def test_cache_teacher_with_a_dispatched_teacher_writes_the_same_cache(run_env, tmp_path):
+    from taid_vlm.cache.format import read_shard
+
+    cfg = write_config(tmp_path / "c.yaml", run_env, loss="fkl")
+    common = ["--top-k", "8", "--dtype", "float32", "--shard-size", "12"]
+    assert main(["cache-teacher", str(cfg), "--output", str(tmp_path / "rep"), *common]) == 0
+    assert main(["cache-teacher", str(cfg), "--output", str(tmp_path / "disp"), *common, "teacher.placement=dispatched",
+                 f"teacher.max_memory={{cpu: {TINY_RAM['cpu']}}}", f"teacher.offload_folder={tmp_path / 'off'}"]) == 0
+    shards = sorted(p.name for p in (tmp_path / "rep").glob("shard-*.safetensors"))
+    assert shards and shards == sorted(p.name for p in (tmp_path / "disp").glob("shard-*.safetensors"))
+    for name in shards:
+        a_ids, a = read_shard(tmp_path / "rep" / name)
+        b_ids, b = read_shard(tmp_path / "disp" / name)
+        assert a_ids == b_ids and torch.equal(a["topk_ids"], b["topk_ids"])
+        torch.testing.assert_close(b["topk_logprobs"], a["topk_logprobs"], rtol=1e-5, atol=1e-6)
