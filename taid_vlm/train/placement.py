@@ -130,10 +130,10 @@ def shard_teacher(model: nn.Module, acc: Any) -> nn.Module:
     blocks = [m for m in model.modules() if type(m).__name__ in no_split]
     for block in blocks:
         fully_shard(block.to(acc.device))
-    # Each block is its own FSDP root (the adapters call the body, never the model's forward), and a
-    # root keeps its parameters gathered after forward, expecting a backward; the frozen teacher has
-    # none, so teacher_context reshards the blocks after every teacher forward.
-    model._taid_sharded_blocks = blocks
+        # Each block is its own FSDP root (the adapters call the body, never the model's forward), and
+        # a root keeps its parameters gathered after forward, expecting a backward. The frozen teacher
+        # has none: without this hook every block would stay gathered, i.e. the whole teacher.
+        block.register_forward_hook(_reshard_after_forward)
     sharded = {id(p) for b in blocks for p in b.parameters()}
     for p in model.parameters():  # what no block owns: moved whole, parameter by parameter
         if id(p) not in sharded:
@@ -141,6 +141,10 @@ def shard_teacher(model: nn.Module, acc: Any) -> nn.Module:
     for b in model.buffers():
         b.data = b.data.to(acc.device)
     return model
+
+
+def _reshard_after_forward(module: nn.Module, _args: Any, _output: Any) -> None:
+    module.reshard()
 
 
 def place_teacher(model: nn.Module, tcfg: TeacherConfig, acc: Any) -> dict[str, Any] | None:
@@ -170,8 +174,8 @@ def quantize_teacher(model: nn.Module, mode: str) -> None:
 
 @contextlib.contextmanager
 def teacher_context(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Context for one teacher forward + LM-head read: an offloaded head (dispatched) is loaded on
-    ``device`` for the duration; FSDP2-sharded blocks (sharded) are resharded on exit."""
+    """Context for one teacher forward + LM-head read: an offloaded head (dispatched placement) is
+    loaded on ``device`` for the duration; otherwise nothing happens."""
     from accelerate.utils import has_offloaded_params
     from accelerate.utils.modeling import align_module_device
 
@@ -179,5 +183,3 @@ def teacher_context(model: nn.Module, device: torch.device) -> Iterator[None]:
     offloaded = head is not None and has_offloaded_params(head)
     with align_module_device(head, device) if offloaded else contextlib.nullcontext():
         yield
-    for block in getattr(model, "_taid_sharded_blocks", ()):
-        block.reshard()

@@ -1,6 +1,7 @@
 """FSDP2 on the CPU (gloo, 2 processes, torch's fully_shard as accelerate applies it on GPUs): the
 student sharded by its ``_no_split_modules`` gets the same gradients from the fused loss as the
-unsharded student, the LM head included (read whole inside the root forward)."""
+unsharded student, the LM head included (read whole inside the root forward); a teacher sharded by
+``teacher.placement: sharded`` gives the same rows and is resharded after its forward."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _worker(rank: int, world: int, port: int, env: dict, out_dir: str) -> None:
     def step(module: torch.nn.Module) -> float:
         out = compute_losses(module(batch["student"]), rows, loss_fn, fused=True, chunk_size=16)
         out["loss"].backward()
-        return float(out["loss"])
+        return float(out["loss"].detach())
 
     module = StudentForward(student)
     ref_loss = step(module)
@@ -59,6 +60,22 @@ def _worker(rank: int, world: int, port: int, env: dict, out_dir: str) -> None:
     head = student.model.get_output_embeddings().weight
     result = {"blocks": len(blocks), "sharded_head": type(head).__name__, "loss": loss, "ref_loss": ref_loss,
               "worst_rel_grad_diff": worst, "n_grads": len(ref)}
+
+    # teacher.placement sharded: blocks sharded by shard_teacher, each resharded after its forward.
+    from types import SimpleNamespace
+
+    from taid_vlm.train.placement import shard_teacher
+
+    shard_teacher(teacher.model, SimpleNamespace(device=torch.device("cpu"), distributed_type="FSDP"))
+    sharded_rows = teacher_response(teacher, batch["teacher"])
+    result["teacher_hidden_diff"] = float((sharded_rows.hidden - rows.hidden).abs().max())
+    result["teacher_weight_equal"] = bool(torch.equal(sharded_rows.weight, rows.weight))
+    from torch.distributed.fsdp import FSDPModule
+
+    blocks_t = [m for m in teacher.model.modules() if isinstance(m, FSDPModule)]
+    # after the forward every block holds only its shard again (a DTensor of half the rows)
+    result["teacher_resharded"] = all(type(p).__name__ == "DTensor" for b in blocks_t for p in b.parameters())
+    result["teacher_blocks"] = len(blocks_t)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)
     dist.destroy_process_group()
@@ -73,3 +90,5 @@ def test_fsdp2_sharded_student_gets_the_unsharded_gradients(run_env, tmp_path):
         assert r["sharded_head"] == "DTensor"  # outside the forward the head is a shard
         assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-6)
         assert r["worst_rel_grad_diff"] < 1e-5, r
+        assert r["teacher_blocks"] >= 2 and r["teacher_resharded"]
+        assert r["teacher_hidden_diff"] < 1e-5 and r["teacher_weight_equal"]
