@@ -61,6 +61,10 @@ def check_placement(tcfg: TeacherConfig, acc: Any) -> None:
         if engine == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
             raise ConfigError("teacher.placement: sharded under DeepSpeed needs the deepspeed package "
                               "(pip install deepspeed)")
+    if tcfg.placement == "dispatched" and acc.num_processes > 1 and acc.device.type == "cuda":
+        raise ConfigError(f"teacher.placement: dispatched spreads one teacher over the node's GPUs for one training "
+                          f"process, but this launch has {acc.num_processes}, each of which would place its own copy; "
+                          "use placement sharded, or launch one process")
     if tcfg.quantization != "none":
         lib = _QUANT_LIBS[tcfg.quantization]
         if importlib.util.find_spec(lib) is None:
