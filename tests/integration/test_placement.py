@@ -58,7 +58,8 @@ def test_training_with_a_dispatched_teacher_matches_replicated(run_env, tmp_path
     rep = write_config(tmp_path / "rep" / "c.yaml", run_env, max_steps=2)
     disp = write_config(tmp_path / "disp" / "c.yaml", run_env, max_steps=2)
     off = tmp_path / "offload"
-    assert main(["train", str(rep)]) == 0
+    assert main(["train", str(rep), "logging.report_to=[tensorboard]"]) == 0  # an accelerate tracker by name
+    assert list((tmp_path / "rep" / "out").rglob("events.out.tfevents.*"))
     assert main(["train", str(disp), "teacher.placement=dispatched", f"teacher.max_memory={{cpu: {TINY_RAM['cpu']}}}",
                  f"teacher.offload_folder={off}"]) == 0
     a = read_jsonl(tmp_path / "rep" / "out" / "logs" / "train.jsonl")
