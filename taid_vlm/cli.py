@@ -1,4 +1,4 @@
-"""Command line: ``taid-vlm train | eval | compare | cache-teacher | make-synthetic | demo``.
+"""Command line: ``taid-vlm train | eval | compare | cache-teacher | make-synthetic | plan | demo``.
 
 Each command is a ``main``-style function taking ``argv`` and returning an exit status, so tests
 call them directly (STYLE.md 9).
@@ -16,6 +16,7 @@ COMMANDS = {
     "compare": "table + bar chart of several results files: taid-vlm compare A.json B.json",
     "cache-teacher": "run the teacher once, store its top-k: taid-vlm cache-teacher CONFIG.yaml --output DIR",
     "make-synthetic": "write the built-in synthetic VQA/caption set: taid-vlm make-synthetic --output DIR",
+    "plan": "per-device memory of each teacher placement: taid-vlm plan CONFIG.yaml --gpus 8 --gpu-memory 80GB",
     "demo": "the whole job on the synthetic set: data, teacher, TAID/FKL/SFT students, evaluation",
 }
 
@@ -80,6 +81,10 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from taid_vlm.data.synthetic import main_make_synthetic
 
         return main_make_synthetic(rest)
+    if command == "plan":
+        from taid_vlm.train.plan import plan_main
+
+        return plan_main(rest)
     if command == "demo":
         from taid_vlm.demo.run import demo_main
 

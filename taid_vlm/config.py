@@ -8,6 +8,7 @@ as a block per loss name, checked by the loss classes themselves.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,10 +72,48 @@ class StudentConfig(ModelConfig):
     """Recompute activations in backward to save memory."""
 
 
+PLACEMENTS = ("replicated", "sharded", "dispatched")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
 @dataclass
 class TeacherConfig(ModelConfig):
     cache: str | None = None
     """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded."""
+    placement: str = "replicated"
+    """Where the frozen teacher lives: replicated (a whole copy on each process's device), sharded
+    (wrapped by the student's FSDP2 / DeepSpeed ZeRO-3 engine, no optimizer state; GPUs only) or
+    dispatched (accelerate big-model dispatch over `max_memory`, offloading to CPU RAM and disk)."""
+    max_memory: dict[str, Any] | None = None
+    """dispatched: memory per device for the teacher, accelerate's `max_memory` ({0: 70GiB, cpu: 200GiB});
+    default: what accelerate finds free. Devices not listed get nothing."""
+    offload_folder: str | None = None
+    """dispatched: folder for teacher weights that fit neither GPUs nor `max_memory["cpu"]`."""
+    quantization: str = "none"
+    """Teacher weights quantized on load: none, 8bit or 4bit (torchao weight-only, when installed)."""
+
+    def check_placement(self, student_dtype: str) -> None:
+        """Placement settings that are wrong whatever the machine (checked before any weights load)."""
+        _check(self.placement in PLACEMENTS, "teacher.placement",
+               f"must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        _check(self.quantization in QUANTIZATIONS, "teacher.quantization",
+               f"must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        _check(self.max_memory is None or self.placement == "dispatched", "teacher.max_memory",
+               f"only used by placement dispatched (placement is {self.placement!r})")
+        _check(self.offload_folder is None or self.placement == "dispatched", "teacher.offload_folder",
+               f"only used by placement dispatched (placement is {self.placement!r})")
+        if self.placement == "sharded":
+            # One engine wraps both models with one parameter dtype (FSDP2 mixed-precision policy,
+            # ZeRO-3's fp16/bf16 section): a teacher in another dtype would be silently cast.
+            _check(self.dtype == student_dtype, "teacher.dtype",
+                   f"placement sharded wraps teacher and student in one engine, so their dtypes must match "
+                   f"(teacher {self.dtype}, student.dtype {student_dtype}); set teacher.dtype={student_dtype} "
+                   "or use placement dispatched")
+            _check(self.quantization == "none", "teacher.quantization",
+                   "a quantized teacher cannot be sharded by FSDP2/ZeRO-3; use placement replicated or dispatched")
+        if self.quantization != "none":
+            _check(self.dtype != "float32", "teacher.dtype",
+                   "quantized weight-only kernels run in bfloat16/float16; set teacher.dtype=bfloat16")
 
 
 @dataclass
@@ -184,10 +223,11 @@ class TrainConfig:
     """LR schedule after warm-up: cosine, linear or constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 disables."""
-    mixed_precision: str = "no"
-    """no, bf16 or fp16 autocast (where the device supports it)."""
+    mixed_precision: str | None = None
+    """no, bf16 or fp16 autocast; null (default) takes the launcher's choice (`accelerate launch
+    --mixed_precision`, its config file), which an explicit value here overrides."""
     cpu: bool = False
-    """Force the CPU even when a GPU is present."""
+    """Force the CPU even when a GPU is present (`accelerate launch --cpu` does the same)."""
     save_every: int = 0
     """Checkpoint every N optimizer steps (0: only at the end)."""
     keep_last: int = 2
@@ -205,8 +245,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.scheduler in ("cosine", "linear", "constant"), "train.scheduler",
                f"must be cosine, linear or constant, got {self.scheduler!r}")
-        _check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
-               f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.mixed_precision in (None, "no", "bf16", "fp16"), "train.mixed_precision",
+               f"must be no, bf16, fp16 or null (the launcher's choice), got {self.mixed_precision!r}")
         _check(self.warmup_steps >= 0 and self.save_every >= 0, "train.warmup_steps", "must be >= 0")
         _check(bool(self.output_dir), "train.output_dir", "must be set")
 
@@ -267,10 +307,36 @@ class SamplingConfig:
 class LoggingConfig:
     every: int = 1
     """Log every N optimizer steps."""
-    tensorboard: bool = True
-    """Write TensorBoard events through accelerate's tracker."""
+    report_to: list[str] | None = None
+    """accelerate trackers to send metrics to (tensorboard, wandb, trackio, mlflow, comet_ml, aim,
+    clearml, dvclive, swanlab), besides logs/train.jsonl; [] for none. Default: tensorboard when
+    installed."""
+    tensorboard: bool | None = None
+    """Deprecated alias: true = report_to [tensorboard], false = report_to []."""
     progress: bool = True
     """Show a progress bar."""
+
+    def check(self) -> None:
+        _check(self.every >= 1, "logging.every", f"must be >= 1, got {self.every}")
+        if self.tensorboard is not None:
+            _check(self.report_to is None, "logging.tensorboard",
+                   "deprecated alias of logging.report_to; set only logging.report_to")
+            warnings.warn("config: logging.tensorboard is deprecated; write logging.report_to: [tensorboard] "
+                          "(or [] for none)", FutureWarning, stacklevel=4)
+        if self.report_to is not None:
+            from taid_vlm.train.trackers import check_trackers
+
+            check_trackers(self.report_to)
+
+    def trackers(self) -> list[str]:
+        """The accelerate tracker names this run logs to (aliases and the default resolved)."""
+        if self.report_to is not None:
+            return list(self.report_to)
+        if self.tensorboard is not None:
+            return ["tensorboard"] if self.tensorboard else []
+        from taid_vlm.train.trackers import installed_trackers
+
+        return ["tensorboard"] if "tensorboard" in installed_trackers() else []
 
 
 @dataclass
@@ -301,6 +367,8 @@ class Config:
         self.loss.check()
         if self.loss.needs_teacher and not self.teacher.cache:
             self.teacher.check("teacher")
+        self.teacher.check_placement(self.student.dtype)
         self.data.check()
         self.train.check()
         self.sampling.check(self)
+        self.logging.check()

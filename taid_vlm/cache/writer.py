@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from taid_vlm.cache.format import fingerprint, read_index, write_index, write_shard
+from taid_vlm.train.step import teacher_response
 
 
 def topk_rows(logits: torch.Tensor, k: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -28,7 +30,7 @@ def topk_rows(logits: torch.Tensor, k: int, dtype: torch.dtype) -> dict[str, tor
 
 
 def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: int,
-                dtype: torch.dtype, chunk: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+                dtype: torch.dtype, chunk: int, device: torch.device) -> tuple[list[str], dict[str, torch.Tensor]]:
     ids: list[str] = []
     parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "rest_mass": [], "targets": []}
     counts: list[int] = []
@@ -36,8 +38,7 @@ def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: i
         batch = collate(samples[i : i + batch_size])
         if batch is None or batch.get("student") is None:
             continue
-        with torch.no_grad():
-            rh = teacher.response_hidden(batch["student"])
+        rh = teacher_response(teacher, send_to_device(batch["student"], device))
         for start in range(0, rh.hidden.shape[0], chunk):  # bounded [chunk, V] logits at a time
             sl = slice(start, start + chunk)
             part = dataclasses.replace(rh, hidden=rh.hidden[sl], targets=rh.targets[sl],
@@ -60,14 +61,16 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     from taid_vlm.adapters import build_adapter
     from taid_vlm.data.collate import PairCollator
     from taid_vlm.data.readers import DataReport, load_samples
+    from taid_vlm.train.placement import check_placement, place_teacher
     from taid_vlm.train.setup import check_paths
 
     check_paths(cfg)  # missing teacher/data/tokenizer paths: a message naming the field, not a traceback
     acc = Accelerator(cpu=cfg.train.cpu)
+    check_placement(cfg.teacher, acc)  # same placements as training, refused before weights load
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     teacher = build_adapter(**cfg.teacher.adapter_kwargs())
-    teacher.model.to(acc.device).eval().requires_grad_(False)
+    place_teacher(teacher.model, cfg.teacher, acc)
     report = DataReport()
     samples = load_samples(cfg.data.train, format=cfg.data.format, image_root=cfg.data.image_root,
                            strict=cfg.data.strict, report=report)
@@ -81,7 +84,7 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
             continue  # resumed run: this shard is done
         chunk = samples[s * shard_size : (s + 1) * shard_size]
         ids, rows = _shard_rows(teacher, collate, chunk, batch_size or cfg.train.batch_size, top_k, torch_dtype,
-                                cfg.loss.chunk_size)
+                                cfg.loss.chunk_size, acc.device)
         write_shard(path, ids, rows)
     acc.wait_for_everyone()
     if acc.is_main_process:

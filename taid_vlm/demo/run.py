@@ -59,7 +59,7 @@ def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: s
         "loss": {"name": loss},
         "train": {"output_dir": str(run_dir), "seed": seed, "scheduler": "cosine", "save_every": 0,
                   "keep_last": 1, "cpu": True, **train},
-        "logging": {"tensorboard": False},
+        "logging": {"report_to": []},
     }
     if teacher_path:
         cfg["teacher"] = {"family": "composed", "path": teacher_path}

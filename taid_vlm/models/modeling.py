@@ -24,6 +24,14 @@ def _mark_initialised(module: nn.Module) -> None:
         m._is_hf_initialized = True
 
 
+def _no_split_of(*parts: nn.Module) -> list[str]:
+    names: list[str] = []
+    for part in parts:
+        for m in part.modules():
+            names += [n for n in getattr(m, "_no_split_modules", None) or [] if n not in names]
+    return names
+
+
 class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
     """Composed VLM. Parts: ``vision_tower``, ``projector``, ``language_model`` (see ``parts()``).
 
@@ -61,6 +69,9 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.vision_tower = vision_tower
         self.projector = build_projector(config.projector, vision_tower.out_dim, config.text_config.hidden_size)
         self.language_model = language_model
+        # Block classes that FSDP auto-wrap and accelerate's device maps must keep whole: the LM's
+        # decoder layers and the vision tower's blocks, as each part's own class declares them.
+        self._no_split_modules = _no_split_of(vision_tower, language_model)
         config.num_image_tokens = vision_tower.num_tokens // self.projector.token_factor
         # transformers 5 collects the LM's tied weights ({target: source}) from its children in post_init.
         self.post_init()

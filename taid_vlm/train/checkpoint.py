@@ -305,3 +305,57 @@ def load_checkpoint(
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return state
+
+
+# -- sharded engines (FSDP2, DeepSpeed): accelerate's save_state / load_state ----------------------
+SHARDED_ENGINES = ("FSDP", "DEEPSPEED")
+
+
+def save_engine_checkpoint(acc: Any, output_dir: str | Path, step: int, *, state: dict[str, Any],
+                           config_yaml: str, keep_last: int) -> Path:
+    """``checkpoint-<step>`` through ``accelerate.save_state`` (every rank writes its shards of the
+    model and optimizer, accelerate's RNG states and the objects registered with
+    ``register_for_checkpointing``: scheduler, loss); ``state.json`` last and an atomic rename, as
+    ``save_checkpoint``. Collective: every rank calls it."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    if acc.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "state.json").write_text(json.dumps({**state, "engine": "accelerate_save_state"}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_engine_checkpoint(acc: Any, path: str | Path) -> dict[str, Any]:
+    """Restore what ``save_engine_checkpoint`` wrote (``accelerate.load_state``); returns ``state``."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    if state.get("engine") != "accelerate_save_state":
+        raise RuntimeError(f"checkpoint {path} was written by a single-process/DDP run (model.safetensors); "
+                           "resume it under DDP, or start this FSDP/DeepSpeed run afresh")
+    acc.load_state(str(path))
+    return state
+
+
+def save_final_student(acc: Any, student: Any, module: nn.Module, final: str | Path) -> None:
+    """``save_pretrained`` of the whole student from a sharded engine: the full state dict is gathered
+    (collective: every rank calls this) and the main process writes it with the tokenizer/processor."""
+    full = acc.get_state_dict(module)  # keys of StudentForward: "model." + the student's own names
+    if acc.is_main_process:
+        weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+        student.model.save_pretrained(str(final), state_dict=weights, safe_serialization=True)
+        (student.processor or student.tokenizer).save_pretrained(str(final))
+    acc.wait_for_everyone()

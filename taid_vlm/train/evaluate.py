@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate.utils import send_to_device
 
 from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
 
@@ -31,6 +32,7 @@ def validation_loss(trainer: Trainer) -> dict[str, float]:
             batch = p.collate(b)
             if batch is None or batch.get("student") is None:
                 continue
+            batch = send_to_device(batch, acc.device)
             s = student(batch["student"])
             if p.cache is not None and not all(i in p.cache for i in batch["ids"]):
                 # Validation data outside the teacher cache: only the LM loss can be measured.

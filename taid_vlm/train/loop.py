@@ -17,15 +17,24 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
 from taid_vlm.losses import DistillLoss, NonFiniteError
-from taid_vlm.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from taid_vlm.train.checkpoint import (
+    SHARDED_ENGINES,
+    load_checkpoint,
+    load_engine_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    save_engine_checkpoint,
+    save_final_student,
+)
 from taid_vlm.train.data_order import micro_batch_loader
 from taid_vlm.train.run_log import RunLogger
-from taid_vlm.train.setup import RunParts, build_run
+from taid_vlm.train.setup import RunParts, build_run, launch_summary
 from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
 
 # Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
@@ -53,6 +62,8 @@ class Trainer:
         self.acc = self.parts.accelerator
         self.out = Path(cfg.train.output_dir)
         self.log = RunLogger(self.out, self.acc, cfg, enabled=self.acc.is_main_process)
+        self.launch = launch_summary(self.acc, cfg)
+        self.log.info("launch: " + ", ".join(f"{k}={v}" for k, v in self.launch.items()))
         self.keys = step_keys(self.parts.loss_fn)  # the named sums of a step, in all-reduce order
         self.loss_logs: dict[str, float] = {}
         self.step = 0
@@ -68,6 +79,7 @@ class Trainer:
             if batch is None or batch.get("student") is None:
                 self._zero_backward()  # nothing usable in this micro-batch
                 return torch.zeros(len(self.keys), device=acc.device)
+            batch = send_to_device(batch, acc.device)  # the loader yields CPU tensors
             s = p.student_module(batch["student"])
             teacher_rows, teacher_logits = teacher_side(p, s, batch)
             try:
@@ -165,6 +177,9 @@ class Trainer:
 
     def save(self) -> Path:
         p, acc = self.parts, self.acc
+        if self.launch["engine"] in SHARDED_ENGINES:  # shards on every rank: accelerate's save_state
+            return save_engine_checkpoint(acc, self.out, self.step, state=self._state(), keep_last=self.cfg.train.keep_last,
+                                          config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         return save_checkpoint(
             self.out, self.step, model=acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
             scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, state=self._state(),
@@ -175,16 +190,23 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         p = self.parts
-        state = load_checkpoint(
-            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
-            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
-        )
+        if self.launch["engine"] in SHARDED_ENGINES:
+            state = load_engine_checkpoint(self.acc, path)
+        else:
+            state = self._load_plain(path)
         self.step = int(state["step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         if p.sampler is not None and state.get("sampler"):
             p.sampler.load_state_dict(state["sampler"])
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
+
+    def _load_plain(self, path: Path) -> dict[str, Any]:
+        p = self.parts
+        return load_checkpoint(
+            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
+        )
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -238,9 +260,12 @@ class Trainer:
         """Save the final student with ``save_pretrained`` + tokenizer/processor and the data report."""
         p, acc = self.parts, self.acc
         acc.wait_for_everyone()
+        final = self.out / "final"
+        if self.launch["engine"] in SHARDED_ENGINES:  # gathered from the shards (collective)
+            save_final_student(acc, p.student, p.student_module, final)
         if acc.is_main_process:
-            final = self.out / "final"
-            p.student.save(str(final))
+            if self.launch["engine"] not in SHARDED_ENGINES:
+                p.student.save(str(final))
             (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}
             (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))

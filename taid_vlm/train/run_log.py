@@ -1,4 +1,4 @@
-"""Per-step logging to a JSONL file, TensorBoard (accelerate trackers) and the console."""
+"""Per-step logging to a JSONL file, accelerate's trackers (logging.report_to) and the console."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class RunLogger:
     def __init__(self, output_dir: Path, accelerator: Any, cfg: Any, enabled: bool) -> None:
         self.enabled = enabled
         self.acc = accelerator
-        self.tensorboard = bool(cfg.logging.tensorboard)
+        self.tensorboard = bool(cfg.logging.trackers())  # any accelerate tracker (name kept for callers)
         self.path = Path(output_dir) / "logs" / "train.jsonl"
         self.t0 = time.time()
         if enabled:

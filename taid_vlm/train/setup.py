@@ -23,9 +23,10 @@ from taid_vlm.data.collate import PairCollator
 from taid_vlm.data.report import DataReport
 from taid_vlm.data.types import Sample
 from taid_vlm.losses import DistillLoss, get_loss
-from taid_vlm.train.checkpoint import check_free_space, list_checkpoints, resolve_resume
+from taid_vlm.train.checkpoint import SHARDED_ENGINES, check_free_space, list_checkpoints, resolve_resume
 from taid_vlm.train.data_order import MicroBatchPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
+from taid_vlm.train.placement import check_engine, check_placement, distributed_type
 from taid_vlm.train.step import StudentForward
 
 if TYPE_CHECKING:  # imported where used: the cache and the sampler are optional parts of a run
@@ -168,7 +169,7 @@ def check_finite_weights(model: torch.nn.Module, name: str) -> None:
                           "the checkpoint is broken, re-download or re-convert it")
 
 
-def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter | None]:
+def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
     student = build_adapter(**cfg.student.adapter_kwargs())
     teacher = None
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
@@ -181,8 +182,10 @@ def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter
         from taid_vlm.adapters.checks import check_tokenizers
 
         check_tokenizers(teacher.tokenizer, student.tokenizer)
-        # The teacher is frozen: eval mode, no grads, never wrapped for DDP.
-        teacher.model.to(device).eval().requires_grad_(False)
+        # The teacher is frozen: eval mode, no grads, never wrapped for DDP; placed as configured.
+        from taid_vlm.train.placement import place_teacher
+
+        place_teacher(teacher.model, cfg.teacher, acc)
     return student, teacher
 
 
@@ -232,14 +235,15 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     """Build the accelerator, models, loss, data and optimizer of a run (fails fast on bad input)."""
     check_paths(cfg)
-    acc = Accelerator(
-        cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.train.output_dir,
-    )
+    acc = make_accelerator(cfg)
+    check_engine(acc, cfg)
+    if cfg.loss.needs_teacher and not cfg.teacher.cache:
+        check_placement(cfg.teacher, acc)
+        check_fits(cfg, acc)
     resume_from = claim_output_dir(cfg, resume, acc.is_main_process, acc.wait_for_everyone)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
-    student, teacher = _build_adapters(cfg, acc.device)
+    student, teacher = _build_adapters(cfg, acc)
     if cfg.student.gradient_checkpointing and hasattr(student.model, "gradient_checkpointing_enable"):
         student.model.gradient_checkpointing_enable()
     apply_trainability(student.parts(), cfg.student)
@@ -261,15 +265,57 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     groups = param_groups(student.parts(), cfg.train, extra=loss_fn)
     optimizer, scheduler = build_optimizer(groups, cfg.train, total)
     module, optimizer = acc.prepare(module, optimizer)
+    if distributed_type(acc) in SHARDED_ENGINES:
+        # accelerate.save_state then saves (and load_state restores) these beside the engine's shards.
+        acc.register_for_checkpointing(scheduler, loss_fn)
     params = [q for g in optimizer.param_groups for q in g["params"]]
     check_free_space(cfg.train.output_dir, student.model, optimizer)  # every rank, so all stop together
     if acc.is_main_process:  # the start-up succeeded: now the folder is taken
         write_run_marker(cfg, resume_from)
     acc.wait_for_everyone()
-    if acc.is_main_process and cfg.logging.tensorboard:
-        acc.init_trackers("tb", config=_flat_hparams(cfg))
+    if acc.is_main_process and cfg.logging.trackers():
+        acc.init_trackers("taid-vlm", config=_flat_hparams(cfg))
     return RunParts(acc, student, module, teacher, loss_fn, optimizer, scheduler, params, samples, val, plan,
                     collate, report, total, resume_from, cache, sampler)
+
+
+def check_fits(cfg: Config, acc: Accelerator) -> None:
+    """On GPUs, refuse a teacher placement that the memory plan says cannot fit, before weights load."""
+    if acc.device.type != "cuda":
+        return  # the plan is about GPU memory
+    from taid_vlm.train.plan import format_plan, make_plan
+
+    try:
+        plan = make_plan(cfg, acc.num_processes, torch.cuda.get_device_properties(acc.device).total_memory)
+    except ConfigError as err:  # no config.json to count from: run without the check, say so
+        if acc.is_main_process:
+            print(f"[taid-vlm] memory plan skipped: {err}")
+        return
+    row = plan["placements"][cfg.teacher.placement]
+    if not row["fits"]:
+        fitting = [n for n, r in plan["placements"].items() if r["fits"]]
+        raise ConfigError(f"teacher.placement: {cfg.teacher.placement} needs ~{row['total'] / 2**30:.1f} GiB per GPU "
+                          f"here; placements that fit: {', '.join(fitting) or 'none'}\n{format_plan(plan)}")
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator. Precision and device come from the launcher (``accelerate launch
+    --mixed_precision``, its config file, ``--cpu``) unless the recipe sets them: a null
+    ``train.mixed_precision`` is left for accelerate to resolve."""
+    return Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
+                       log_with=cfg.logging.trackers() or None, project_dir=cfg.train.output_dir)
+
+
+def launch_summary(acc: Accelerator, cfg: Config) -> dict[str, Any]:
+    """The settings accelerate resolved for this run (logged at start): engine, processes, device,
+    precision, where each came from, and the teacher's placement."""
+    return {
+        "engine": distributed_type(acc), "num_processes": acc.num_processes, "device": str(acc.device),
+        "mixed_precision": str(acc.mixed_precision),
+        "mixed_precision_from": "recipe" if cfg.train.mixed_precision is not None else "launcher",
+        "teacher_placement": None if cfg.teacher.cache or not cfg.loss.needs_teacher else cfg.teacher.placement,
+        "trackers": cfg.logging.trackers(),
+    }
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:

@@ -7,10 +7,12 @@ result does not depend on how tokens are split (STYLE.md 3).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from taid_vlm.adapters.base import Adapter, ResponseHidden
 from taid_vlm.losses import DistillLoss
@@ -27,18 +29,31 @@ class StudentForward(nn.Module):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model  # registered so .parameters() and DDP see the student's weights
+        # accelerate's FSDP transformer auto-wrap reads this from the module it prepares (this one).
+        self._no_split_modules = list(getattr(adapter.model, "_no_split_modules", None) or [])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ResponseHidden:
-        return self.adapter.response_hidden(batch)
+        out = self.adapter.response_hidden(batch)
+        if isinstance(out.weight, DTensor):
+            # An FSDP2 shard of the LM head: the loss needs the whole [V, H] matrix. full_tensor()
+            # all-gathers it, and its backward reduce-scatters the gradient back onto the shard.
+            out = dataclasses.replace(out, weight=out.weight.full_tensor(),
+                                      bias=None if out.bias is None else out.bias.full_tensor())
+        return out
 
 
 def teacher_response(teacher: Adapter, batch: dict[str, torch.Tensor]) -> ResponseHidden:
-    """The teacher's response rows, computed without autograd (the teacher is frozen)."""
-    with torch.no_grad():
+    """The teacher's response rows, computed without autograd (the teacher is frozen), on the
+    batch's device (a dispatched teacher's last layer may sit elsewhere; its head may be offloaded)."""
+    from taid_vlm.train.placement import teacher_context
+
+    dev = batch["input_ids"].device
+    with torch.no_grad(), teacher_context(teacher.model, dev):
         out = teacher.response_hidden(batch)
+        weight = out.weight.detach().to(dev)
     return ResponseHidden(
-        hidden=out.hidden.detach(), weight=out.weight.detach(), targets=out.targets,
-        sample_index=out.sample_index, bias=None if out.bias is None else out.bias.detach(),
+        hidden=out.hidden.detach().to(dev), weight=weight, targets=out.targets.to(dev),
+        sample_index=out.sample_index.to(dev), bias=None if out.bias is None else out.bias.detach().to(dev),
         logit_softcap=out.logit_softcap, logit_scale=out.logit_scale,
     )
 

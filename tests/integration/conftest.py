@@ -42,7 +42,7 @@ def write_config(path: Path, env: dict, *, loss: str = "taid", **train) -> Path:
         "train": {"output_dir": str(path.parent / "out"), "max_steps": 3, "batch_size": 4, "lr": 1e-3,
                   "cpu": True, **train},
         "eval": {"max_batches": 1},
-        "logging": {"tensorboard": False, "progress": False},
+        "logging": {"report_to": [], "progress": False},
     }
     path.write_text(yaml.safe_dump(cfg))
     return path

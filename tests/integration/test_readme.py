@@ -20,7 +20,7 @@ from taid_vlm.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.max_steps=4", "train.batch_size=8", "train.save_every=2", "eval.max_samples=8",
-        "eval.every=0", "eval.max_batches=1", "logging.progress=false", "logging.tensorboard=false"]
+        "eval.every=0", "eval.max_batches=1", "logging.progress=false", "logging.report_to=[]"]
 
 
 def readme_commands() -> list[list[str]]:

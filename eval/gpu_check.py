@@ -1,0 +1,204 @@
+"""GPU check of the scale paths the CPU test suite cannot run; writes one JSON report.
+
+    python eval/gpu_check.py --output eval/results/gpu_check.json [--steps 4] [--timeout 300]
+
+On the GPUs present (tiny random-weight models, a synthetic set, a few steps each; a few minutes):
+1. ``bf16_from_launcher``: one process, ``accelerate launch --mixed_precision bf16``, recipe precision
+   unset -> the run logs mixed_precision=bf16 from the launcher and trains to a finite loss;
+2. ``ddp``: all GPUs, same global batch -> the loss curve equals the one-process curve (bf16 tolerance);
+3. ``fsdp2``: FSDP2 over all GPUs with the student auto-wrapped by its ``_no_split_modules`` ->
+   curve equal to DDP's; the final student is gathered and loads with ``from_pretrained``;
+4. ``fsdp2_resume``: SIGKILL after step 3 (checkpoint at 2), ``--resume auto`` (accelerate ``load_state``) -> the
+   same curve as the uninterrupted run;
+5. ``fsdp2_sharded_teacher``: ``teacher.placement=sharded`` -> curve equal to the replicated teacher's;
+6. ``dispatched_teacher``: one process, teacher spread over every GPU with ``device_map`` -> equal
+   to the replicated teacher's;
+7. ``zero3``: if deepspeed imports, ZeRO-3 is refused with its config error (documented), ZeRO-2 trains.
+
+Each check records ok / error and its numbers; the exit status is 0 only if all ran checks pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+TOL = 2e-2  # relative, bf16 autocast with different reduction orders
+
+
+def _env(root: Path) -> dict:
+    from taid_vlm.adapters import build_adapter
+    from taid_vlm.data.synthetic import generate_synthetic, synthetic_corpus
+    from taid_vlm.data.tokenizer import train_bpe_tokenizer
+    from taid_vlm.demo.presets import _composed
+
+    paths = {k: str(v) for k, v in generate_synthetic(root / "data", seed=0, n_train=64, n_val=8,
+                                                          image_size=32).items()}
+    tok = train_bpe_tokenizer(synthetic_corpus(root / "data"), vocab_size=320)
+    tok.save_pretrained(root / "tokenizer")
+    teacher = build_adapter("composed", config=_composed(48, 2, 64, 2, 32, 8, "mlp"), tokenizer=str(root / "tokenizer"))
+    teacher.save(str(root / "teacher"))
+    paths.update(tokenizer=str(root / "tokenizer"), teacher=str(root / "teacher"),
+                 student=_composed(32, 2, 32, 2, 32, 8, "mlp"))
+    return paths
+
+
+def _recipe(path: Path, env: dict, steps: int, batch: int, **teacher) -> Path:
+    cfg = {"student": {"family": "composed", "config": env["student"], "tokenizer": env["tokenizer"]},
+           "teacher": {"family": "composed", "path": env["teacher"], **teacher},
+           "data": {"train": env["train"], "max_length": 128}, "loss": {"name": "taid"},
+           "train": {"output_dir": str(path.parent / "out"), "max_steps": steps, "batch_size": batch, "lr": 1e-3,
+                     "save_every": 2, "keep_last": 3},
+           "logging": {"report_to": [], "progress": False}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _launch(args: list[str], recipe: Path, timeout: int, extra: list[str] = (), env: dict | None = None) -> dict:
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    cmd = [launcher, "launch", *args, "-m", "taid_vlm.cli", "train", str(recipe), *extra]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "stderr_tail": proc.stderr[-2000:],
+            "stdout_tail": proc.stdout[-1000:]}
+
+
+def _curve(recipe: Path) -> list[float]:
+    log = recipe.parent / "out" / "logs" / "train.jsonl"
+    return [json.loads(ln)["loss"] for ln in log.read_text().splitlines() if ln.strip()]
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) > 0 and all(abs(x - y) <= TOL * max(abs(x), 1e-6) for x, y in zip(a, b))
+
+
+def _fsdp_args(n: int) -> list[str]:
+    return ["--use_fsdp", "--fsdp_version", "2", "--num_processes", str(n), "--mixed_precision", "bf16",
+            "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_state_dict_type", "FULL_STATE_DICT",
+            "--fsdp_reshard_after_forward", "true"]
+
+
+def run_checks(work: Path, steps: int, timeout: int, cpu_smoke: bool = False) -> dict:
+    import torch
+
+    n = 0 if cpu_smoke else torch.cuda.device_count()
+    env = _env(work)
+    gb = 4 * max(n, 1)  # global batch, the same in every check
+    res: dict = {"gpus": n, "device": torch.cuda.get_device_name(0) if n else None, "checks": {}}
+
+    def check(name: str, fn) -> None:
+        try:
+            res["checks"][name] = fn()
+        except Exception as err:  # noqa: BLE001 - a report, not a test runner: keep going
+            res["checks"][name] = {"ok": False, "error": repr(err)}
+        print(name, json.dumps(res["checks"][name])[:300], flush=True)
+
+    def single():
+        r = _recipe(work / "single" / "c.yaml", env, steps, gb)
+        out = _launch(["--num_processes", "1", "--mixed_precision", "bf16", *(["--cpu"] if cpu_smoke else [])],
+                      r, timeout)
+        ok = out["rc"] == 0 and "mixed_precision=bf16" in out["stdout_tail"] + out["stderr_tail"]
+        return {"ok": ok, "curve": _curve(r) if out["rc"] == 0 else None, **out}
+
+    check("bf16_from_launcher", single)
+    base = res["checks"]["bf16_from_launcher"].get("curve")
+    if cpu_smoke:  # the script's own plumbing, on a machine without GPUs
+        res["ok"] = res["checks"]["bf16_from_launcher"]["ok"]
+        return res
+
+    def ddp():
+        r = _recipe(work / "ddp" / "c.yaml", env, steps, gb // n)
+        out = _launch(["--multi_gpu", "--num_processes", str(n), "--mixed_precision", "bf16"], r, timeout)
+        c = _curve(r) if out["rc"] == 0 else None
+        return {"ok": bool(c) and _close(c, base), "curve": c, **out}
+
+    if n > 1:
+        check("ddp", ddp)
+
+    def fsdp(placement: str = "replicated", tag: str = "fsdp2", kill: int = 0):
+        r = _recipe(work / tag / "c.yaml", env, steps, gb // n, placement=placement)
+        out = _launch(_fsdp_args(n), r, timeout, env={"TAID_VLM_TEST_KILL_AT_STEP": str(kill)} if kill else None)
+        if kill:
+            out = _launch(_fsdp_args(n), r, timeout, extra=["--resume", "auto"])
+        c = _curve(r) if out["rc"] == 0 else None
+        result = {"ok": bool(c) and _close(c, base), "curve": c, **out}
+        if out["rc"] == 0 and tag == "fsdp2":
+            from transformers import AutoModel
+
+            AutoModel.from_pretrained(r.parent / "out" / "final", trust_remote_code=True)
+            result["final_loads"] = True
+        return result
+
+    check("fsdp2", fsdp)
+    check("fsdp2_resume", lambda: fsdp(tag="fsdp2_resume", kill=3))  # checkpoint-2 exists, step 3 is redone
+    check("fsdp2_sharded_teacher", lambda: fsdp("sharded", "fsdp2_sharded"))
+
+    def dispatched():
+        # A budget per GPU of ~1.5/n of the teacher, so that its layers really spread over every GPU.
+        size = (Path(env["teacher"]) / "model.safetensors").stat().st_size
+        mm = {**{str(i): int(size * 1.5 / n) + 2**16 for i in range(n)}, "cpu": "1GiB"}
+        r = _recipe(work / "dispatched" / "c.yaml", env, steps, gb, placement="dispatched", max_memory=mm)
+        out = _launch(["--num_processes", "1", "--mixed_precision", "bf16"], r, timeout)
+        c = _curve(r) if out["rc"] == 0 else None
+        return {"ok": bool(c) and _close(c, base), "curve": c, **out}
+
+    check("dispatched_teacher", dispatched)
+
+    def zero():
+        ds = ["--use_deepspeed", "--num_processes", str(n), "--mixed_precision", "bf16",
+              "--gradient_accumulation_steps", "1", "--gradient_clipping", "1.0"]
+        r3 = _recipe(work / "zero3" / "c.yaml", env, steps, gb // n)
+        z3 = _launch([*ds, "--zero_stage", "3"], r3, timeout)
+        r2 = _recipe(work / "zero2" / "c.yaml", env, steps, gb // n)
+        z2 = _launch([*ds, "--zero_stage", "2"], r2, timeout)
+        refused = z3["rc"] != 0 and "ZeRO-3" in z3["stderr_tail"]
+        c = _curve(r2) if z2["rc"] == 0 else None
+        return {"ok": refused and bool(c) and _close(c, base), "zero3_refused": refused, "zero2_curve": c,
+                "zero3": z3, "zero2": z2}
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        check("zero3", zero)
+    else:
+        res["checks"]["zero3"] = {"ok": None, "skipped": "deepspeed is not installed"}
+    res["ok"] = all(c.get("ok") is not False for c in res["checks"].values())
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="eval/results/gpu_check.json")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per launched run")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="check 1 only, on the CPU (tests the script)")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print("gpu_check: no CUDA device here; this script is for a GPU machine", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(args.work or tempfile.mkdtemp(prefix="taid_gpu_check_"))
+    t0 = time.time()
+    res = run_checks(work, args.steps, args.timeout, args.cpu_smoke)
+    res["seconds"] = round(time.time() - t0, 1)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"gpu_check: {'all ok' if res['ok'] else 'FAILURES'}; wrote {out}")
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

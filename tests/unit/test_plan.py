@@ -1,0 +1,116 @@
+"""`taid-vlm plan`: parameter counts from configs on the meta device and the per-device arithmetic,
+checked against hand computations on tiny Qwen2 configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from taid_vlm.cli import main
+from taid_vlm.config_io import config_from_dict
+from taid_vlm.train.plan import model_shape, parse_size, placement_memory
+
+V = 1000
+
+
+def _qwen2(h, inter, layers, heads, kv, tied):
+    return {"model_type": "qwen2", "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": V,
+            "tie_word_embeddings": tied, "max_position_embeddings": 256}
+
+
+def _hand_params(h, inter, layers, heads, kv, tied):
+    """Qwen2 by hand: q/k/v with bias, o without; gated MLP; two RMSNorms per layer; final norm."""
+    kv_dim = kv * (h // heads)
+    layer = (h * h + h) + 2 * (h * kv_dim + kv_dim) + h * h + 3 * h * inter + 2 * h
+    whole = V * h + h + (0 if tied else V * h)  # embeddings, final norm, untied head: outside the layers
+    return V * h + layers * layer + h + (0 if tied else V * h), whole
+
+
+STUDENT = (32, 64, 2, 4, 2, True)
+TEACHER = (64, 128, 3, 4, 2, False)
+
+
+def _cfg(**over):
+    data = {"student": {"family": "text", "config": _qwen2(*STUDENT), "dtype": "float32"},
+            "teacher": {"family": "text", "config": _qwen2(*TEACHER), "dtype": "bfloat16"},
+            "data": {"train": "x.json", "max_length": 64},
+            "train": {"batch_size": 2}, "loss": {"chunk_size": 16}}
+    for key, value in over.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    return config_from_dict(data)
+
+
+def test_parameter_counts_from_configs_match_a_hand_count():
+    cfg = _cfg()
+    s, t = model_shape(cfg.student), model_shape(cfg.teacher)
+    assert (s.params, s.whole) == _hand_params(*STUDENT)
+    assert (t.params, t.whole) == _hand_params(*TEACHER)
+    assert s.trainable == s.params and t.trainable == 0
+    assert (t.hidden, t.layers, t.vocab, t.head) == (64, 3, V, V * 64)
+
+
+def test_per_device_memory_matches_a_hand_computation():
+    cfg = _cfg()
+    s, t = model_shape(cfg.student), model_shape(cfg.teacher)
+    ps, _ = _hand_params(*STUDENT)
+    pt, wt = _hand_params(*TEACHER)
+    tokens = 2 * 64  # batch_size x max_length
+    common = {
+        "activations": 2 * 34 * tokens * 32 * 4 / 2,  # fp32 student (a=4), 2 layers, no checkpointing
+        "teacher_activations": 34 * tokens * 64 * 2 / 2,  # bf16 teacher, one layer alive
+        "fused_loss": 6 * 16 * V * 4,  # six fp32 [chunk, V] buffers
+    }
+    rep = placement_memory(cfg, t, s, 4, "replicated")
+    assert rep == pytest.approx({"teacher_weights": pt * 2, "student_weights": ps * 4 / 4, "gradients": ps * 4 / 4,
+                                 "optimizer": 2 * ps * 4 / 4, **common,
+                                 "total": pt * 2 + 4 * ps + sum(common.values())})
+    sh = placement_memory(cfg, t, s, 4, "sharded")
+    assert sh["teacher_weights"] == pytest.approx((pt - wt) * 2 / 4 + wt * 2)
+    disp = placement_memory(cfg, t, s, 4, "dispatched")  # one process: student whole on device 0
+    assert disp["teacher_weights"] == pytest.approx(pt * 2 / 3)
+    dev0 = ps * 4 * 4 + common["activations"] + common["fused_loss"]
+    assert disp["total"] == pytest.approx(max(dev0, pt * 2 / 3 + common["teacher_activations"]))
+    ck = placement_memory(_cfg(student__gradient_checkpointing=True), t, s, 4, "sharded")
+    assert ck["activations"] == pytest.approx(2 * 2 * tokens * 32 * 4 / 2 + 34 * tokens * 32 * 4 / 2)
+    q = placement_memory(_cfg(teacher__quantization="4bit"), t, s, 4, "replicated")
+    assert q["teacher_weights"] == pytest.approx((pt - V * 64) * 0.5 + V * 64 * 2)  # the head stays bf16
+
+
+def test_plan_command_says_which_placement_fits(tmp_path, capsys):
+    import yaml
+
+    cfg = _cfg(student__dtype="bfloat16")  # sharded needs one dtype on both sides
+    s, t = model_shape(cfg.student), model_shape(cfg.teacher)
+    rep = placement_memory(cfg, t, s, 4, "replicated")["total"]
+    sh = placement_memory(cfg, t, s, 4, "sharded")["total"]
+    assert sh < rep
+    gpu_mib = (sh + rep) / 2 / 0.9 / 2**20  # between the two: sharded fits, replicated does not
+    recipe = tmp_path / "r.yaml"
+    from taid_vlm.config_io import config_to_dict
+
+    recipe.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(recipe), "--gpus", "4", "--gpu-memory", f"{gpu_mib:.3f}MiB", "--json", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "teacher.placement replicated: does NOT fit" in text and "placements that fit: sharded" in text
+    plan = json.loads(out.read_text())
+    assert plan["placements"]["sharded"]["fits"] and not plan["placements"]["replicated"]["fits"]
+    assert main(["plan", str(recipe), "teacher.placement=sharded", "--gpus", "4", "--gpu-memory",
+                 f"{gpu_mib:.3f}MiB"]) == 0
+
+
+def test_sizes_parse():
+    assert parse_size("80GB") == 80 * 2**30 and parse_size("512MiB") == 512 * 2**20
+    with pytest.raises(ValueError, match="--gpu-memory"):
+        parse_size("lots")
+
+
+@pytest.mark.slow
+def test_flagship_recipe_fits_8x80gb_with_its_placement(capsys):
+    assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+    text = capsys.readouterr().out
+    assert "teacher.placement sharded: fits" in text
+    assert "replicated" not in text.split("placements that fit:")[1]  # 147 GB of teacher per GPU
