@@ -152,6 +152,17 @@ def _hf_config_keys(config_cls: type) -> set[str]:
     return keys
 
 
+def _consumed_by(config_cls: type, key: str, value: Any) -> bool:
+    """Whether ``config_cls`` reads ``key`` although it is no attribute of its own: legacy keys that
+    its ``__init__`` converts (transformers 5 folds ``rope_theta`` into ``rope_parameters``). An
+    unknown key would instead be stored as a plain attribute under its own name."""
+    try:
+        built = config_cls(**{key: value})
+    except Exception:  # noqa: BLE001 - the class looked at the key and refused its value: it knows it
+        return True
+    return key not in vars(built)
+
+
 def check_hf_config_dict(data: dict[str, Any], name: str, config_cls: type | None = None) -> None:
     """Raise ``ConfigError`` for a key of ``data`` (an HF config dict) its config class does not
     know, naming the dotted field and the closest valid key; sub-config dicts are checked too."""
@@ -164,7 +175,7 @@ def check_hf_config_dict(data: dict[str, Any], name: str, config_cls: type | Non
         config_cls = CONFIG_MAPPING[model_type]
     known = _hf_config_keys(config_cls)
     for key, value in data.items():
-        if key not in known:
+        if key not in known and not _consumed_by(config_cls, key, value):
             raise _unknown_key(f"{name}.{key}", key, known)
         if isinstance(value, dict):
             sub = (getattr(config_cls, "sub_configs", None) or {}).get(key)
