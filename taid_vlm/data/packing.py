@@ -107,9 +107,9 @@ def count_packed(ds: Any, report: Any) -> None:
     """Count the documents read and skipped of a packed map-style table into ``report`` (in Arrow)."""
     import pyarrow.compute as pc
 
-    table = ds.with_format("arrow")
+    table = ds.with_format("arrow")[:]  # a pyarrow Table over the memory-mapped file
     report.count_read(int(pc.sum(table["docs"]).as_py() or 0))
-    for triples in table.filter(pc.list_value_length(table["skipped"]) > 0)["skipped"].to_pylist():
+    for triples in table.filter(pc.greater(pc.list_value_length(table["skipped"]), 0))["skipped"].to_pylist():
         for sid, reason, detail in triples:
             report.skip(reason, detail, sample_id=sid)
 
