@@ -7,7 +7,9 @@
 Each size is a LLaVA JSON list whose records cycle over the same 64 synthetic images (ids unique).
 Each run is a fresh process (``taid-vlm train``, tiny composed TAID student and teacher, 2 steps,
 batch 4) with a fresh ``datasets`` cache, so the one-time JSON -> Arrow conversion is included;
-``warm`` repeats it with that cache kept. Peak RSS is the process's ``ru_maxrss``. Writes
+``warm`` repeats it with that cache kept. Peak RSS is the process's ``ru_maxrss``; ``cpu_s`` its
+user + system CPU time, which contention on a shared machine does not inflate as it does wall time
+(torch runs 2 threads, so on a quiet machine wall time is at most the CPU time). Writes
 ``bench_data.json`` to --output, with the machine's load average: the machine is shared, so
 compare sizes measured side by side in one file, not across files.
 """
@@ -37,8 +39,9 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from taid_vlm.cli import main
 rc = main(["train", sys.argv[1]])
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print("BENCH " + json.dumps({"rc": rc, "in_process_s": time.perf_counter() - t0,
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+      "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024}))
 """
 
 
@@ -115,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             warm = run_once(work, env, data_file, cache, f"n{n}_r{r}_warm")
             rows.append({"records": n, "repeat": r, "file_mb": data_file.stat().st_size / 2**20,
                          "cold": cold, "warm": warm})
-            print(f"{n:>9} records  cold {cold['seconds']:.1f} s {cold['peak_rss_mb']:.0f} MB   "
-                  f"warm {warm['seconds']:.1f} s {warm['peak_rss_mb']:.0f} MB   load {cold['load_avg_1m']:.1f}",
-                  flush=True)
+            print(f"{n:>9} records  cold {cold['seconds']:.1f} s (cpu {cold['cpu_s']:.1f} s) "
+                  f"{cold['peak_rss_mb']:.0f} MB   warm {warm['seconds']:.1f} s (cpu {warm['cpu_s']:.1f} s) "
+                  f"{warm['peak_rss_mb']:.0f} MB   load {cold['load_avg_1m']:.1f}", flush=True)
     report = {**provenance(argv, "eval/bench_data.py"), "goals": GOALS, "rows": rows,
               "note": "shared 2-core machine: load_avg_1m is the 1-minute load average when each run ended"}
     out = Path(args.output)
