@@ -14,7 +14,8 @@ plain LM loss on all 300 background articles; students see only the first ``--st
 them and learn by TAID, forward KL or the plain LM loss (no teacher), with every token a target
 and documents packed into rows (``data.format: text``). Score: perplexity on the 50 held-out
 articles of ``lee.cor``, mean and 95% t-interval over seeds. Writes ``pretrain_study.{json,md}``
-to --output and the corpus to ``<work>/data``.
+to --output, the corpus and tokenizer to --data and the runs to --work (the teacher in
+``<work>/teacher``, which ``configs/tiny_text_pretrain.yaml`` distils from).
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ FILES = ("lee_background.cor", "lee.cor")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def find_corpus(cache: Path) -> dict[str, Path]:
-    """The two Lee corpus files: from an installed gensim, else from gensim's wheel (pip download)."""
+def corpus_cache() -> Path:
+    """Where the extracted corpus (and the wheel it came from) is kept between runs."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "taid_vlm" / "corpora"
+
+
+def find_corpus(cache: Path | None = None) -> dict[str, Path]:
+    """The two Lee corpus files: from an installed gensim, else from gensim's wheel (one
+    ``pip download``, kept in ``cache``)."""
+    cache = cache or corpus_cache()
     try:
         import importlib.util
 
@@ -53,6 +63,7 @@ def find_corpus(cache: Path) -> dict[str, Path]:
     if not all((out / f).is_file() for f in FILES):
         wheels = cache / "wheels"
         if not list(wheels.glob("gensim-*.whl")):
+            print("[pretrain_study] fetching gensim's wheel (for its bundled Lee corpus) with pip download")
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                             "-d", str(wheels), "gensim"], check=True)
         wheel = sorted(wheels.glob("gensim-*.whl"))[-1]
@@ -60,6 +71,7 @@ def find_corpus(cache: Path) -> dict[str, Path]:
         with zipfile.ZipFile(wheel) as z:
             for f in FILES:
                 (out / f).write_bytes(z.read(f"gensim/test/test_data/{f}"))
+        wheel.unlink()  # 27 MB; the two files are all that is used
     return {f: out / f for f in FILES}
 
 
@@ -73,13 +85,12 @@ def _docs(path: Path) -> list[str]:
     return [d.strip() for d in text.splitlines() if d.strip()]
 
 
-def prepare(work: Path, student_docs: int, vocab: int) -> dict[str, str]:
-    """``<work>/data``: teacher.txt (all background docs), student.txt (the first ``student_docs``),
+def prepare(data: Path, student_docs: int, vocab: int) -> dict[str, str]:
+    """``data``: teacher.txt (all background docs), student.txt (the first ``student_docs``),
     heldout.txt (lee.cor), tokenizer/ (BPE trained on the teacher's text)."""
     from taid_vlm.data.tokenizer import train_bpe_tokenizer
 
-    files = find_corpus(work / "cache")
-    data = work / "data"
+    files = find_corpus()
     data.mkdir(parents=True, exist_ok=True)
     docs, held = (_docs(files[f]) for f in FILES)
     for name, part in (("teacher", docs), ("student", docs[:student_docs]), ("heldout", held)):
@@ -128,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--work", default="runs/pretrain_study")
+    ap.add_argument("--data", default="data/lee", help="where the corpus files and tokenizer go")
     ap.add_argument("--output", default="eval/results")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--student-docs", type=int, default=60)
@@ -138,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.teacher_steps, args.student_steps = 1, 4, 3
     work = Path(args.work)
-    paths = prepare(work, args.student_docs, 512 if args.quick else 2048)
+    paths = prepare(Path(args.data), args.student_docs, 512 if args.quick else 2048)
     if args.prepare_only:
-        print(f"corpus written to {work / 'data'}")
+        print(f"corpus written to {args.data}")
         return 0
     from taid_vlm.demo.run import stage_train
 

@@ -142,9 +142,11 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: An
         return PairCollator(student, teacher, max_length=d.max_length, report=report, strict=d.strict)
 
     if cache is not None or cfg.sampling.mode != "none":
+        # With a cache, bad images are found now, as the cache writer found them (else they would
+        # count as not_in_teacher_cache).
         samples = load_samples(d.train, format=d.format, image_root=d.image_root, strict=d.strict, report=report,
-                               validate_images=False, allow_outside_root=d.allow_absolute_paths, split=d.split,
-                               cache_dir=d.cache_dir)
+                               validate_images=cache is not None, allow_outside_root=d.allow_absolute_paths,
+                               split=d.split, cache_dir=d.cache_dir)
         if cache is not None:
             for x in samples:
                 if x.id not in cache:

@@ -30,10 +30,11 @@ def test_ci95_is_a_t_interval():
 def test_quick_study_writes_perplexities(tmp_path):
     study = _load()
     try:
-        study.find_corpus(tmp_path / "cache")
+        study.find_corpus()
     except Exception as err:  # noqa: BLE001 - no gensim wheel reachable: nothing to test here
         pytest.skip(f"Lee corpus not available: {err}")
-    assert study.main(["--quick", "--work", str(tmp_path / "w"), "--output", str(tmp_path / "out")]) == 0
+    assert study.main(["--quick", "--work", str(tmp_path / "w"), "--data", str(tmp_path / "d"),
+                       "--output", str(tmp_path / "out")]) == 0
     rep = json.loads((tmp_path / "out" / "pretrain_study.json").read_text())
     assert rep["data"] == {"teacher_docs": 300, "student_docs": 60, "heldout_docs": 50}
     assert set(rep["cells"]) == {"taid", "fkl", "sft"}
