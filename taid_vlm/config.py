@@ -119,13 +119,25 @@ class TeacherConfig(ModelConfig):
 @dataclass
 class DataConfig:
     train: str = ""
-    """Training data file (LLaVA JSON, messages JSON/JSONL, VQA/caption records, parquet) or directory."""
+    """Training data: a file (JSON, JSONL, TXT, parquet, arrow), a folder (save_to_disk, imagefolder) or a hub dataset id (local cache)."""
     val: str | None = None
     """Validation data for the loss hook; same formats as `train`."""
     format: str = "auto"
-    """Record format: auto, llava, messages, vqa, caption, hf."""
+    """Record format: auto, llava, sharegpt, messages, cauldron, vqa, caption, hf, or text (raw text, packed)."""
     image_root: str | None = None
     """Folder image paths are relative to; defaults to the data file's folder."""
+    allow_absolute_paths: bool = False
+    """Accept image paths outside image_root (absolute paths, ../); off so a dataset cannot read arbitrary files."""
+    streaming: bool = False
+    """Read `train` as a stream (datasets IterableDataset) in order; needs train.max_steps."""
+    shuffle_buffer: int = 0
+    """Streams: seeded shuffle buffer of this many records (0: stream order; a buffer makes resume inexact)."""
+    split: str = "train"
+    """Split of a DatasetDict folder or hub dataset."""
+    text_column: str = "text"
+    """format: text: the field holding each document."""
+    cache_dir: str | None = None
+    """datasets cache folder for converted/packed tables (default: HF_DATASETS_CACHE)."""
     max_length: int = 512
     """Token budget per sample per side; a sample whose first response would be cut is skipped."""
     strict: bool = False
@@ -137,6 +149,9 @@ class DataConfig:
         _check(bool(self.train), "data.train", "set the training data file")
         _check(self.max_length >= 8, "data.max_length", f"must be >= 8, got {self.max_length}")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+        formats = ("auto", "llava", "sharegpt", "messages", "cauldron", "vqa", "caption", "hf", "text")
+        _check(self.format in formats, "data.format", f"unknown format {self.format!r}; valid: {', '.join(formats)}")
 
 
 @dataclass

@@ -115,8 +115,10 @@ class TextAdapter(Adapter):
         return pad_right(encodings, self.tokenizer.pad_token_id)
 
     def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = lm_body(self.model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       use_cache=False)
+        # Packed text rows (data.format: text) carry position_ids and no attention_mask: transformers
+        # then masks attention per document (taid_vlm.data.packing).
+        out = lm_body(self.model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                  position_ids=batch.get("position_ids"), use_cache=False)
         return out[0]
 
     def response_hidden(self, batch: dict[str, torch.Tensor]) -> ResponseHidden:

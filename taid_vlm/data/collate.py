@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from taid_vlm.data.lazy import BadRecord
 from taid_vlm.data.report import DataReport
 from taid_vlm.data.types import IGNORE_INDEX, Sample, SkipSample
 
@@ -124,18 +125,28 @@ class PairCollator:
         self.report = report if report is not None else DataReport()
         self.strict = strict
 
-    def encode(self, sample: Sample, skipped: list | None = None) -> tuple[dict, dict | None] | None:
+    def _skip(self, sample_id: str, reason: str, detail: str, skipped: list | None) -> None:
+        if reason == "path_escape":
+            detail += ("; to use images there, set data.image_root to a folder that holds them "
+                       "or data.allow_absolute_paths: true")
+        if self.strict:
+            raise SkipSample(reason, f"sample {sample_id!r}: {detail}")
+        self.report.skip(reason, detail, sample_id=sample_id)
+        if skipped is not None:
+            skipped.append((sample_id, reason, detail))
+
+    def encode(self, sample: Sample | BadRecord, skipped: list | None = None) -> tuple[dict, dict | None] | None:
         """Both sides' encodings of one sample, or ``None`` when skipped (counted, and appended to
-        ``skipped`` as ``(sample_id, reason, detail)``)."""
+        ``skipped`` as ``(sample_id, reason, detail)``). A ``BadRecord`` (a record that could not be
+        converted when the loader read it) is skipped the same way."""
+        if isinstance(sample, BadRecord):
+            self._skip(sample.id, sample.reason, sample.detail, skipped)
+            return None
         try:
             s = self.student.encode(sample, self.max_length)
             t = self.teacher.encode(sample, self.teacher_max_length) if self.teacher is not None else None
         except SkipSample as skip:
-            if self.strict:
-                raise SkipSample(skip.reason, f"sample {sample.id!r}: {skip.detail}") from None
-            self.report.skip(skip.reason, skip.detail, sample_id=sample.id)
-            if skipped is not None:
-                skipped.append((sample.id, skip.reason, skip.detail))
+            self._skip(sample.id, skip.reason, skip.detail, skipped)
             return None
         # The one teacher/student alignment check of a run: here, on the CPU, once per sample (the
         # training step trusts it and never syncs the device to compare ids again).

@@ -1,4 +1,5 @@
-"""Record formats -> ``Sample``: LLaVA conversations, TRL ``messages``, VQA and caption records.
+"""Record formats -> ``Sample``: LLaVA / ShareGPT conversations, TRL ``messages``, the_cauldron
+(``images`` + ``texts`` user/assistant pairs), VQA and caption records.
 
 Every converter returns a ``Sample`` whose messages are ``{"role", "content": [blocks]}`` with
 ``{"type": "image"}`` blocks in the place of each image, or raises ``SkipSample``:
@@ -17,7 +18,7 @@ from taid_vlm.data.images import DEFAULT_MAX_PIXELS, ImageRef, image_ref
 from taid_vlm.data.types import Sample, SkipSample
 
 IMAGE_PLACEHOLDER = "<image>"
-FORMATS = ("llava", "messages", "vqa", "caption")
+FORMATS = ("llava", "sharegpt", "messages", "cauldron", "vqa", "caption")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -53,6 +54,8 @@ def detect_format(rec: dict[str, Any]) -> str:
         return "llava"
     if "messages" in rec:
         return "messages"
+    if "texts" in rec:
+        return "cauldron"
     if "question" in rec and ("answers" in rec or "answer" in rec):
         return "vqa"
     if "captions" in rec or "caption" in rec:
@@ -143,6 +146,22 @@ def from_llava(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
     return finish(sid, messages, _images(rec.get("image", rec.get("images"))), opts)
 
 
+def from_cauldron(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
+    """HuggingFaceM4/the_cauldron: ``{"images": [...], "texts": [{"user", "assistant", "source"?}]}``.
+
+    Each pair is one user and one assistant turn; the images go first in the first user turn
+    unless the user texts place them with ``<image>``.
+    """
+    messages = []
+    for i, pair in enumerate(_as_list(rec.get("texts"))):
+        if not isinstance(pair, dict):
+            raise SkipSample("bad_record", f"texts[{i}] is not an object")
+        for key, role in (("user", "user"), ("assistant", "assistant")):
+            text = check_text(pair.get(key) or "", f"texts[{i}].{key}")
+            messages.append({"role": role, "content": text_blocks(text)})
+    return finish(sid, messages, _images(rec.get("images", rec.get("image"))), opts)
+
+
 def _content_blocks(content: Any, i: int) -> list[dict[str, Any]]:
     if isinstance(content, (str, bytes)):
         return text_blocks(check_text(content, f"message {i}"))
@@ -208,7 +227,10 @@ def from_caption(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
     return finish(sid, messages, _images(rec.get("image")), opts, {"captions": caps})
 
 
-CONVERTERS = {"llava": from_llava, "messages": from_messages, "vqa": from_vqa, "caption": from_caption}
+# ShareGPT (``conversations`` of ``from``/``value`` or ``role``/``content``, with ``system``/``human``/
+# ``gpt`` turns) is the LLaVA layout without the image; one converter reads both.
+CONVERTERS = {"llava": from_llava, "sharegpt": from_llava, "messages": from_messages, "cauldron": from_cauldron,
+              "vqa": from_vqa, "caption": from_caption}
 
 
 def record_id(rec: dict[str, Any], index: int) -> str:

@@ -5,9 +5,12 @@ optionally decodes each image once to find bad ones, skips and counts bad record
 ``DataReport`` (or raises with ``strict=True``) and returns the good samples in file order.
 
 Inputs: ``.json`` (a list of records, or ``{"data": [...]}``), ``.jsonl``; through ``datasets``
-(offline, local files only): ``.parquet`` (image columns as ``{"bytes": ..., "path": ...}``
+(``taid_vlm.data.sources``): ``.parquet``/``.arrow`` (image columns as ``{"bytes": ..., "path": ...}``
 structs or ``Image`` features), a folder saved with ``save_to_disk``, an ``imagefolder`` folder
-with ``metadata.jsonl``/``metadata.csv``, and any JSON/JSONL file with ``format="hf"``.
+with ``metadata.jsonl``/``metadata.csv``, hub ids in the local cache, in-memory datasets.
+
+``load_samples`` holds every sample in memory: it is for evaluation sets, the teacher cache and
+small data. Training reads records lazily (``taid_vlm.data.loading``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch.utils.data import Dataset
 from taid_vlm.data.formats import FORMATS, RecordOptions, record_to_sample
 from taid_vlm.data.images import DEFAULT_MAX_PIXELS
 from taid_vlm.data.report import DataReport
+from taid_vlm.data.sources import ArrowRows, decode_row
 from taid_vlm.data.types import Sample, SkipSample
 
 READ_FORMATS = ("auto", *FORMATS, "hf")
@@ -50,56 +54,25 @@ def _json_records(path: Path) -> Iterator[Any]:
     yield from data
 
 
-def _lazy_images(features: Any) -> Any:
-    """A copy of ``features`` with every ``Image`` feature set to ``decode=False`` (bytes/path dicts)."""
-    import copy
+def iter_records(path: Any, format: str = "auto", cache_dir: str | None = None, split: str = "train") -> Iterator[Any]:
+    """Raw records of one source (a ``SkipSample`` instance stands for an unreadable line or record).
 
-    import datasets
+    ``.json``/``.jsonl`` files are read directly; everything else (parquet, arrow, folders, hub ids,
+    in-memory datasets) through ``taid_vlm.data.sources.open_records``, images undecoded.
+    """
+    if isinstance(path, (str, Path)):
+        p = Path(path)
+        if format != "hf" and p.is_file() and p.suffix in (".json", ".jsonl"):
+            yield from _json_records(p)
+            return
+        if not p.exists() and not isinstance(path, str):
+            raise FileNotFoundError(f"data file {str(p)!r} does not exist")
+    from taid_vlm.data.sources import SKIP_KEY, open_records
 
-    feats = copy.deepcopy(features)
-
-    def walk(f: Any) -> None:
-        if isinstance(f, datasets.Image):
-            f.decode = False
-        elif isinstance(f, dict):
-            for v in f.values():
-                walk(v)
-        elif hasattr(f, "feature"):
-            walk(f.feature)
-
-    walk(feats)
-    return feats
-
-
-def _hf_records(path: Path, cache_dir: str | None) -> Iterator[Any]:
-    import datasets
-
-    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        ds = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=cache_dir)
-    else:
-        builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}.get(path.suffix)
-        if builder is None:
-            raise ValueError(f"{path}: no datasets builder for {path.suffix!r} (parquet, json, jsonl, folders)")
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    ds = ds.cast(_lazy_images(ds.features))
-    yield from ds
-
-
-def iter_records(path: str | Path, format: str = "auto", cache_dir: str | None = None) -> Iterator[Any]:
-    """Raw records of one file or folder (a ``SkipSample`` instance stands for an unreadable line)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"data file {str(p)!r} does not exist")
-    if format == "hf" or p.is_dir() or p.suffix == ".parquet":
-        yield from _hf_records(p, cache_dir)
-    elif p.suffix in (".json", ".jsonl"):
-        yield from _json_records(p)
-    else:
-        raise ValueError(f"{p}: unknown data file type {p.suffix!r}; use .json, .jsonl, .parquet or a folder")
+    ds = open_records(path, split=split, cache_dir=cache_dir)
+    for row in (ArrowRows(ds) if hasattr(ds, "with_format") and hasattr(ds, "__len__") else ds):
+        rec = decode_row(row)
+        yield SkipSample(*rec[SKIP_KEY]) if isinstance(rec, dict) and SKIP_KEY in rec else rec
 
 
 def _unique(sid: str, seen: dict[str, int]) -> str:
@@ -125,11 +98,13 @@ def load_samples(
     vqa_template: str = "{question}",
     limit: int | None = None,
     cache_dir: str | None = None,
+    split: str = "train",
 ) -> list[Sample]:
     """Read records into samples, skipping and counting bad ones.
 
     Args:
-        path: a data file or folder (see the module docstring), or a list of them.
+        path: a data file or folder (see the module docstring), a hub dataset id (local cache), an
+            in-memory ``datasets.Dataset``/``DatasetDict``/``IterableDataset``, or a list of them.
         format: ``auto`` (per record, from its fields), ``llava``, ``messages``, ``vqa``,
             ``caption``, or ``hf`` (read through ``datasets``, then per-record auto).
         image_root: folder that relative image paths are resolved in; default: the data file's
@@ -142,22 +117,26 @@ def load_samples(
         caption_prompt, vqa_template: user prompts of caption and VQA records.
         limit: stop after this many used samples.
         cache_dir: ``datasets`` cache folder for parquet/imagefolder inputs.
+        split: the split of a ``DatasetDict`` or hub dataset.
     Returns:
         The usable samples in file order; ids are unique (duplicates get ``#n`` suffixes).
     """
     if format not in READ_FORMATS:
         raise ValueError(f"data format {format!r} unknown; valid: {', '.join(READ_FORMATS)}")
     report = report if report is not None else DataReport()
+    # Eager: every sample is held in memory. Training reads large data lazily instead
+    # (taid_vlm.data.loading); this is for evaluation sets, the teacher cache and small data.
     paths = path if isinstance(path, (list, tuple)) else [path]
     out: list[Sample] = []
     seen: dict[str, int] = {}
     for one in paths:
-        p = Path(one)
-        root = image_root if image_root is not None else (p if p.is_dir() else p.parent)
+        local = isinstance(one, (str, Path)) and Path(one).exists()
+        p = Path(one) if local else Path(str(one) if isinstance(one, (str, Path)) else type(one).__name__)
+        root = image_root if image_root is not None else ((p if p.is_dir() else p.parent) if local else None)
         opts = RecordOptions(str(root), allow_outside_root, max_pixels, min_side, max_side, caption_prompt,
                              vqa_template)
         fmt = "auto" if format == "hf" else format
-        for index, rec in enumerate(iter_records(p, format, cache_dir)):
+        for index, rec in enumerate(iter_records(one, format, cache_dir, split)):
             if limit is not None and len(out) >= limit:
                 return out
             report.count_read()

@@ -41,7 +41,9 @@ class DataReport:
             ex.append(f"{sample_id}: {detail}" if sample_id is not None else detail)
 
     def absorb(self, batch: dict[str, Any] | None) -> None:
-        """Count the ``skipped`` entries of a ``PairCollator`` batch (made in a worker process)."""
+        """Count the ``skipped`` entries of a ``PairCollator`` batch (made in a worker process), and
+        its ``read`` count (records read from a stream, known only as they are read)."""
+        self.count_read(int((batch or {}).get("read", 0)))
         for sample_id, reason, detail in (batch or {}).get("skipped", []):
             self.skip(reason, detail, sample_id=sample_id)
 

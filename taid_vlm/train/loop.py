@@ -173,6 +173,8 @@ class Trainer:
             "total_steps": p.total_steps, "nonfinite_total": self.nonfinite_total,
             "data_report": p.report.to_dict() if hasattr(p.report, "to_dict") else None,
             "sampler": p.sampler.state_dict() if p.sampler is not None else None,
+            # A stream's read position (map-style data needs none: the order is a function of the step).
+            "data_stream": p.plan.state_dict() if hasattr(p.plan, "state_dict") else None,
         }
 
     def save(self) -> Path:
@@ -198,6 +200,8 @@ class Trainer:
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         if p.sampler is not None and state.get("sampler"):
             p.sampler.load_state_dict(state["sampler"])
+        if hasattr(p.plan, "load_state_dict") and state.get("data_stream"):
+            p.plan.load_state_dict(state["data_stream"])
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
 

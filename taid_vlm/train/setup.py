@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,11 @@ from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
 from taid_vlm.data.collate import PairCollator
 from taid_vlm.data.report import DataReport
+from taid_vlm.data.sources import looks_like_hub_id
 from taid_vlm.data.types import Sample
 from taid_vlm.losses import DistillLoss, get_loss
 from taid_vlm.train.checkpoint import SHARDED_ENGINES, check_free_space, list_checkpoints, resolve_resume
-from taid_vlm.train.data_order import MicroBatchPlan
+from taid_vlm.train.data_order import MicroBatchPlan, StreamPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
 from taid_vlm.train.placement import check_engine, check_placement, distributed_type
 from taid_vlm.train.step import StudentForward
@@ -48,9 +50,9 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     trainable_params: list[nn.Parameter]
-    samples: list[Sample]
+    samples: Sequence[Sample] | None  # a list, a LazySamples view of a dataset, or None for a stream
     val_samples: list[Sample]
-    plan: MicroBatchPlan
+    plan: MicroBatchPlan | StreamPlan
     collate: PairCollator
     report: DataReport
     total_steps: int
@@ -66,6 +68,8 @@ def check_paths(cfg: Config) -> None:
                         ("eval.caption", cfg.eval.caption), ("student.path", cfg.student.path),
                         ("student.tokenizer", cfg.student.tokenizer), ("teacher.cache", cfg.teacher.cache)):
         if value and not Path(value).exists():
+            if name in ("data.train", "data.val") and looks_like_hub_id(value):
+                continue  # a hub dataset id: loaded (from the local cache) with the data
             raise ConfigError(f"{name}: {value!r} does not exist")
     uses_teacher = cfg.loss.needs_teacher and not cfg.teacher.cache
     if uses_teacher and cfg.teacher.path and not Path(cfg.teacher.path).exists():
@@ -201,35 +205,73 @@ def _open_cache(cfg: Config, student: Adapter) -> TeacherCache | None:
     return cache
 
 
-def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: TeacherCache | None = None):
+def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: TeacherCache | None,
+               acc: Accelerator):
+    """``(samples, val, collate, report, plan)``: records are read lazily (``taid_vlm.data.loading``)
+    unless the teacher cache or student sampling needs every sample id up front."""
+    from taid_vlm.data.loading import load_train_data
     from taid_vlm.data.readers import load_samples
 
-    def read(field: str, path: str, report: DataReport) -> list:
+    def named(field: str, read, *args, **kwargs):
+        # A file that is not records at all (empty, not JSON, nested too deep): a message naming
+        # the field, not a traceback.
         try:
-            return load_samples(path, format=cfg.data.format, image_root=cfg.data.image_root,
-                                strict=cfg.data.strict, report=report)
+            return read(*args, **kwargs)
         except ConfigError:
             raise
-        except (ValueError, RecursionError, OSError) as err:  # a file that is not records at all
-            raise ConfigError(f"{field}: cannot read {path!r}: {str(err)[:300]}") from None
+        except (ValueError, RecursionError, OSError) as err:
+            raise ConfigError(f"{field}: cannot read {getattr(cfg.data, field.split('.')[1])!r}: "
+                              f"{str(err)[:300]}") from None
 
+    d = cfg.data
+    if d.streaming and not cfg.train.max_steps:
+        raise ConfigError("data.streaming: a stream has no known length; set train.max_steps")
+    if d.format == "text" and (cache is not None or cfg.sampling.mode != "none"):
+        raise ConfigError("data.format: text trains on packed raw text; it does not combine with teacher.cache "
+                          "or sampling.mode")
+    if d.streaming and (cache is not None or cfg.sampling.mode != "none"):
+        raise ConfigError("data.streaming: the teacher cache and student sampling need map-style data; "
+                          "set data.streaming: false")
+    if d.format == "text" and student.name != "text":
+        raise ConfigError(f"data.format: text needs a text student (family text), got {student.name!r}")
     report = DataReport()
-    samples = read("data.train", cfg.data.train, report)
-    if cache is not None:
-        kept = [x for x in samples if x.id in cache]
-        for x in samples:
-            if x.id not in cache:
-                report.skip("not_in_teacher_cache", sample_id=x.id)
-        samples = kept
-    val = []
-    if cfg.data.val:
-        val = read("data.val", cfg.data.val, DataReport())
-    if student.supports_images is False and any(s.images for s in samples):
-        raise ConfigError("student: the training data has images but the student family "
-                          f"{student.name!r} takes text only; use a VLM or composed student")
-    collate = PairCollator(student, teacher, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict,
-                           teacher_cache=cache)
-    return samples, val, collate, report
+
+    def make_collate() -> PairCollator:
+        return PairCollator(student, teacher, max_length=d.max_length, report=report, strict=d.strict,
+                            teacher_cache=cache)
+
+    if cache is not None or cfg.sampling.mode != "none":
+        # With a cache, bad images are found now, as the cache writer found them (else they would
+        # count as not_in_teacher_cache).
+        samples = named("data.train", load_samples, d.train, format=d.format, image_root=d.image_root,
+                        strict=d.strict, report=report, validate_images=cache is not None,
+                        allow_outside_root=d.allow_absolute_paths, split=d.split, cache_dir=d.cache_dir)
+        if cache is not None:
+            for x in samples:
+                if x.id not in cache:
+                    report.skip("not_in_teacher_cache", sample_id=x.id)
+            samples = [x for x in samples if x.id in cache]
+        val = []
+        if d.val:
+            val = named("data.val", load_samples, d.val, format=d.format, image_root=d.image_root,
+                        strict=d.strict, report=DataReport(), allow_outside_root=d.allow_absolute_paths)
+        data_items, stream, to_items, collate = samples, None, None, make_collate()
+    else:
+        td = named("data.train", load_train_data, d, student.tokenizer, report,
+                   has_teacher=teacher is not None, make_collate=make_collate)
+        data_items, stream, to_items, collate, val = td.items, td.stream, td.to_items, td.collate, td.val
+    if student.supports_images is False and data_items is not None and d.format != "text":
+        head = (data_items[i] for i in range(min(len(data_items), 32)))
+        if any(isinstance(x, Sample) and x.images for x in head):
+            raise ConfigError("student: the training data has images but the student family "
+                              f"{student.name!r} takes text only; use a VLM or composed student")
+    if stream is not None:
+        plan = StreamPlan(stream, to_items, cfg.train.batch_size, acc.num_processes, acc.process_index,
+                          cfg.train.seed, d.shuffle_buffer)
+    else:
+        plan = MicroBatchPlan(len(data_items), cfg.train.batch_size, acc.num_processes, acc.process_index,
+                              cfg.train.seed)
+    return data_items, val, collate, report, plan
 
 
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:
@@ -251,8 +293,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.loss_options()).to(acc.device)
 
     cache = _open_cache(cfg, student)
-    samples, val, collate, report = _load_data(cfg, student, teacher, cache)
-    plan = MicroBatchPlan(len(samples), cfg.train.batch_size, acc.num_processes, acc.process_index, cfg.train.seed)
+    samples, val, collate, report, plan = _load_data(cfg, student, teacher, cache, acc)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
 
     sampler = None
