@@ -1,7 +1,7 @@
 """Data: readers, image loading, chat templating with assistant-only labels, synthetic set.
 
 Heavy pieces (``datasets``, PIL, tokenizers) are imported by the submodules that need them:
-``images`` (ImageRef), ``readers`` (load_samples, DataReport, SampleDataset), ``template``
+``images`` (ImageRef), ``readers`` (load_samples, DataReport), ``template``
 (encode_conversation, encode_prompt, TokenizerTemplate), ``collate`` (PairCollator,
 pad_sequences), ``synthetic`` (generate_synthetic, synthetic_corpus, main_make_synthetic),
 ``sources`` (open_records: every input as a ``datasets`` table or stream), ``lazy`` (LazySamples,

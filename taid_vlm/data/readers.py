@@ -16,11 +16,9 @@ small data. Training reads records lazily (``taid_vlm.data.loading``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from torch.utils.data import Dataset
 
 from taid_vlm.data.formats import FORMATS, RecordOptions, record_to_sample
 from taid_vlm.data.images import DEFAULT_MAX_PIXELS
@@ -30,7 +28,7 @@ from taid_vlm.data.types import Sample, SkipSample
 
 READ_FORMATS = ("auto", *FORMATS, "hf")
 
-__all__ = ["DataReport", "READ_FORMATS", "SampleDataset", "iter_records", "load_samples"]
+__all__ = ["DataReport", "READ_FORMATS", "iter_records", "load_samples"]
 
 
 def _json_records(path: Path) -> Iterator[Any]:
@@ -155,22 +153,3 @@ def load_samples(
                 continue
             out.append(sample)
     return out
-
-
-class SampleDataset(Dataset):
-    """Samples plus an optional ``encode(sample) -> dict`` applied in ``__getitem__``.
-
-    With ``encode=None`` items are the samples themselves (for a collator that encodes, such as
-    ``PairCollator``).
-    """
-
-    def __init__(self, samples: list[Sample], encode: Callable[[Sample], Any] | None = None) -> None:
-        self.samples = list(samples)
-        self.encode = encode
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> Any:
-        s = self.samples[i]
-        return s if self.encode is None else self.encode(s)

@@ -103,7 +103,8 @@ def _count(model: Any, no_split: list[str]) -> tuple[int, int]:
 
 def _text_cfg(spec: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
     d = copy.deepcopy(spec["config"]) if spec.get("config") else hf_config_dict(spec["path"])
-    if "vocab_size" not in d:  # a config built against its tokenizer (models.factory does the same)
+    has_vocab = "vocab_size" in d or "vocab_size" in (d.get("text_config") or {})  # a VLM keeps it in text_config
+    if not has_vocab:  # a config built against its tokenizer (models.factory does the same)
         from transformers import AutoTokenizer
 
         if not tokenizer:
@@ -122,7 +123,10 @@ def _lm_shape(d: dict[str, Any]) -> tuple[Any, int, int, int]:
 
 def model_shape(spec: ModelConfig) -> Shape:
     """Parameter counts of ``spec`` (a student or teacher section) from its config, on the meta device."""
-    if spec.family == "composed":
+    # A composed student saved in a native layout (LLaVA for an hf tower + mlp projector) is counted
+    # as the HF VLM it now is; one saved with its own code (auto_map) holds the whole spec.
+    native = spec.family == "composed" and spec.path and "vision" not in hf_config_dict(spec.path)
+    if spec.family == "composed" and not native:
         return _composed_shape(spec)
     d = _text_cfg({"path": spec.path, "config": spec.config}, spec.tokenizer)
     if "vision_config" in d:  # an HF VLM (qwen2_vl, llava, ...)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taid_vlm.data.readers import DataReport, SampleDataset, load_samples
+from taid_vlm.data.readers import DataReport, load_samples
 from taid_vlm.data.types import SkipSample
 
 
@@ -188,12 +188,3 @@ def test_imagefolder_and_saved_dataset(tmp_path):
     assert s[0].id == "t1" and s[0].messages[1]["content"][0]["text"] == "Hello"
     (tmp_path / "t.jsonl").write_text(json.dumps({"id": "j", "conversations": rec["conversations"][0]}))
     assert load_samples(tmp_path / "t.jsonl", format="hf", cache_dir=str(tmp_path / "cache"))[0].id == "j"
-
-
-def test_sample_dataset(tmp_path):
-    (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "conversations": [
-        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}]))
-    samples = load_samples(tmp_path / "d.json")
-    assert SampleDataset(samples)[0] is samples[0]
-    ds = SampleDataset(samples, encode=lambda s: s.id.upper())
-    assert len(ds) == 1 and ds[0] == "A"
