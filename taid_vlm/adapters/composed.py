@@ -59,6 +59,9 @@ class ComposedAdapter(Adapter):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.chat_template = chat_template or processor.chat_template or self.tokenizer.chat_template
+        if not self.chat_template:
+            raise ValueError("the composed student's tokenizer has no chat template; use an instruct/chat "
+                             "tokenizer or set `chat_template` in the student config (a Jinja string)")
         from taid_vlm.adapters.checks import check_vocab
 
         check_vocab(model.get_output_embeddings().weight.shape[0], len(self.tokenizer))
