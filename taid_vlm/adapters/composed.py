@@ -63,6 +63,9 @@ class ComposedAdapter(Adapter):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.chat_template = chat_template or processor.chat_template or self.tokenizer.chat_template
+        if not self.chat_template:
+            raise ValueError("the composed student's tokenizer has no chat template; use an instruct/chat "
+                             "tokenizer or set `chat_template` in the student config (a Jinja string)")
         self.template = ComposedTemplate(processor, self.chat_template)
         from taid_vlm.adapters.checks import check_vocab
 

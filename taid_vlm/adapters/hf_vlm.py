@@ -41,6 +41,13 @@ def _pad_images(tensors: list[torch.Tensor | None]) -> torch.Tensor:
     return out
 
 
+def _cat_padded_hw(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``[n_i, C, H_i, W_i]`` -> ``[sum n_i, C, max H, max W]``, zero-padded at the bottom/right."""
+    h = max(t.shape[-2] for t in tensors)
+    w = max(t.shape[-1] for t in tensors)
+    return torch.cat([nn.functional.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in tensors])
+
+
 class HFVLMAdapter(Adapter):
     """An ``AutoModelForImageTextToText`` model + its processor, under the family ``rule``."""
 
@@ -126,6 +133,8 @@ class HFVLMAdapter(Adapter):
                 batch[key] = pad_sequences(values, fill.get(key, 0), side=side)
             elif mode == "cat":
                 batch[key] = torch.cat([v for v in values if v is not None])
+            elif mode == "cat_hw":
+                batch[key] = _cat_padded_hw([v for v in values if v is not None])
             else:
                 batch[key] = _pad_images(values)
         return batch

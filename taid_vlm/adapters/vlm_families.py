@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 #   "cat":    concatenated along dim 0 over the batch (per-image or per-patch rows: LLaVA
 #             [n_img, 3, H, W], Qwen2-VL patches [n_patch, C*T*P*P] + image_grid_thw [n_img, 3]);
 #   "images": a per-sample [1, n_img, ...] tensor, padded with zero images along dim 1 and stacked
-#             (Idefics3 drops all-zero images itself).
-COLLATE_MODES = ("tokens", "cat", "images")
+#             (Idefics3 drops all-zero images itself);
+#   "cat_hw": "cat" after zero-padding height and width to the batch's largest image (Pixtral keeps
+#             each image's aspect ratio and crops the padding off again with image_sizes).
+COLLATE_MODES = ("tokens", "cat", "images", "cat_hw")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ FAMILIES: dict[str, FamilyRule] = {
         # Gemma 3's processor returns token_type_ids marking image tokens (bidirectional attention
         # inside each image); the model needs them for the same attention as in training.
         FamilyRule("gemma3", ("gemma3",), keep={"pixel_values": "cat", "token_type_ids": "tokens"}),
+        # Mistral 3 / Pixtral: images keep their aspect ratio; image_sizes says each one's size.
+        FamilyRule("mistral3", ("mistral3",), keep={"pixel_values": "cat_hw", "image_sizes": "cat"}),
     )
 }
 

@@ -75,6 +75,9 @@ def train_bpe_tokenizer(
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
+        # unk as Qwen2Tokenizer's default (BPE over bytes never emits it), so the class transformers 5
+        # picks for a qwen2 checkpoint reports the same special tokens as this one.
+        unk_token=BOS_TOKEN,
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
         extra_special_tokens=[IM_START, IMAGE_TOKEN],

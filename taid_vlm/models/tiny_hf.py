@@ -21,7 +21,8 @@ _INTERNVL = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 _IDEFICS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
     f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 _GEMMA = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
-FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA
+_MISTRAL = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
+FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA + _MISTRAL
 
 # Attributes each processor reads from its tokenizer (token strings; ``*_id`` added from them).
 _ATTRS: dict[str, dict[str, str]] = {
@@ -32,10 +33,11 @@ _ATTRS: dict[str, dict[str, str]] = {
                  "video_token": "<video>"},
     "idefics3": {},
     "paligemma": {"image_token": "<image>"},
+    "mistral3": {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"},
     "gemma3": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
 }
 TINY_VARIANTS = ("llava_clip", "llava_siglip", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
-                 "gemma3")
+                 "gemma3", "mistral3")
 # Registry family of each tiny variant.
 VARIANT_FAMILY = {v: v for v in TINY_VARIANTS} | {"llava_clip": "llava", "llava_siglip": "llava"}
 _SIZE = 32  # image side in pixels
@@ -213,6 +215,25 @@ def _paligemma(tok: Any) -> tuple[Any, Any]:
     return PaliGemmaForConditionalGeneration(cfg), proc
 
 
+def _mistral3(tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        PixtralImageProcessor,
+        PixtralProcessor,
+    )
+
+    # 32x32 px, 8 px patches -> a 4x4 grid; the 2x2 patch merger leaves 2x2 image tokens.
+    vision = {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "head_dim": 16, "image_size": _SIZE, "patch_size": 8}
+    cfg = Mistral3Config(vision_config=vision, text_config={"model_type": "mistral", **_text(tok)},
+                         image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2,
+                         tie_word_embeddings=False)
+    ip = PixtralImageProcessor(size={"longest_edge": _SIZE}, patch_size=8)
+    proc = PixtralProcessor(ip, tok, patch_size=8, spatial_merge_size=2, chat_template=T.MISTRAL3)
+    return Mistral3ForConditionalGeneration(cfg), proc
+
+
 def _gemma3(tok: Any) -> tuple[Any, Any]:
     from transformers import (
         Gemma3Config,
@@ -249,5 +270,5 @@ def tiny_vlm(variant: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         model, proc = _qwen(variant, tok)
     else:
         model, proc = {"internvl": _internvl, "idefics3": _idefics3, "paligemma": _paligemma,
-                       "gemma3": _gemma3}[variant](tok)
+                       "gemma3": _gemma3, "mistral3": _mistral3}[variant](tok)
     return model.eval(), proc

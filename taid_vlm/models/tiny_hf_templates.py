@@ -57,3 +57,9 @@ GEMMA3 = (
     + "{{ '<end_of_turn>\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+# Mistral 3 (Pixtral images): "[INST]...[/INST]answer</s>", images as [IMG] (the processor
+# expands each into rows of [IMG] ending in [IMG_BREAK] / [IMG_END]).
+MISTRAL3 = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}" + _content("") + "{{ eos_token }}"
+    "{% else %}{{ '[INST]' }}" + _content("[IMG]") + "{{ '[/INST]\n' }}{% endif %}{% endfor %}"
+)

@@ -99,3 +99,17 @@ def test_parts_are_disjoint_and_cover_every_parameter(adapter):
             assert id(prm) not in seen, f"{name} shares a parameter with {seen.get(id(prm))}"
             seen[id(prm)] = name
     assert set(seen) == {id(p) for p in adapter.model.parameters()}
+
+
+def test_mistral3_batches_images_of_different_shapes_as_each_alone(tiny_tokenizer):
+    # Pixtral keeps each image's aspect ratio: a batch zero-pads them and image_sizes crops them back.
+    a = build_adapter("mistral3", config={"tiny": "mistral3"}, tokenizer=tiny_tokenizer)
+    wide, tall = two_turn(0), two_turn(1)
+    wide.images = [ImageRef(image=_image(0, (32, 16)))]
+    tall.images = [ImageRef(image=_image(1, (16, 32)))]
+    encs = [a.encode(s, 512) for s in (wide, tall)]
+    assert encs[0]["pixel_values"].shape[-2:] != encs[1]["pixel_values"].shape[-2:]
+    with torch.no_grad():
+        together = a.response_hidden(a.collate(encs)).logits()
+        alone = torch.cat([a.response_hidden(a.collate([e])).logits() for e in encs])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)

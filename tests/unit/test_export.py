@@ -155,3 +155,12 @@ def test_a_tokenizer_without_the_image_token_gets_it_added_and_saved(tiny_tokeni
     with torch.no_grad():
         torch.testing.assert_close(again.response_hidden(batch).logits(), a.response_hidden(batch).logits())
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "lm").get_input_embeddings().weight.shape[0] == n
+
+
+def test_a_tokenizer_without_chat_template_is_refused_before_training(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template; .* set `chat_template` in the student config"):
+        build_adapter("composed", config=tiny_composed_config(), tokenizer=tok)
