@@ -24,6 +24,7 @@ from taid_vlm.losses._validate import (
 )
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.registry import get_loss
+from taid_vlm.losses.sparse import TopKLogprobs
 
 
 def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
@@ -52,14 +53,17 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
         if loss.needs_teacher:
             s_distil = s
             if tl is not None:
-                t = tl[a:b].to(torch.float32, copy=True)
-                neg = torch.isneginf(t)
-                if bool(neg.any()):
-                    # Excluded for the student too (as sanitize_pair does on the full path); the LM
-                    # cross-entropy above keeps the student's whole vocabulary.
-                    t.masked_fill_(neg, NEG_FILL)
-                    s_distil = s.masked_fill(neg, NEG_FILL)
-                del neg
+                # A cache's top-k rows become this chunk's [C, V] log-probs here, never [N, V].
+                sparse = isinstance(tl, TopKLogprobs)
+                t = tl.dense(a, b) if sparse else tl[a:b].to(torch.float32, copy=True)
+                if not sparse or tl.has_neginf:
+                    neg = torch.isneginf(t)
+                    if bool(neg.any()):
+                        # Excluded for the student too (as sanitize_pair does on the full path); the
+                        # LM cross-entropy above keeps the student's whole vocabulary.
+                        t.masked_fill_(neg, NEG_FILL)
+                        s_distil = s.masked_fill(neg, NEG_FILL)
+                    del neg
             else:
                 t = (th[a:b] @ tw.T).float()
             vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad)
@@ -160,7 +164,8 @@ def _check_teacher(loss, n, vocab, teacher_hidden, teacher_weight, teacher_logit
     if teacher_logits is not None:
         if teacher_hidden is not None or teacher_weight is not None:
             raise ValueError("teacher_logits: give either teacher_hidden/teacher_weight or teacher_logits, not both")
-        check_logits(teacher_logits, "teacher_logits")
+        check_logits(teacher_logits.logprobs if isinstance(teacher_logits, TopKLogprobs) else teacher_logits,
+                     "teacher_logits")
         if tuple(teacher_logits.shape) != (n, vocab):
             raise ValueError(f"teacher_logits: expected shape {(n, vocab)}, got {tuple(teacher_logits.shape)}")
         return
@@ -185,6 +190,8 @@ def _full_fallback(loss, hidden, weight, t_hidden, t_weight, t_logits, mask, lab
         return {"loss": lm, "distil_loss": torch.zeros_like(lm), "lm_loss": lm.detach()}
     with torch.no_grad():
         t = t_logits if t_logits is not None else t_hidden @ t_weight.T
+        if isinstance(t, TopKLogprobs):
+            t = t.dense()
     distil = loss(s, t, mask, labels=labels, reduction=reduction)
     total = ratio * distil + (1.0 - ratio) * lm
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss.stats}
@@ -194,13 +201,14 @@ def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tens
                         teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
                         loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
                         labels: torch.Tensor | None = None, reduction: str = "mean", distil_ratio: float = 1.0,
-                        teacher_logits: torch.Tensor | None = None, **loss_kwargs) -> dict[str, torch.Tensor]:
+                        teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> dict[str, torch.Tensor]:
     """Total = (1 - distil_ratio) * lm + distil_ratio * distil from hidden states, chunk by chunk.
 
     Args:
         student_hidden: ``[N, H]``; student_weight: ``[V, H]`` (logits = hidden @ weight.T, no bias).
         teacher_hidden: ``[N, Ht]`` and teacher_weight ``[V, Ht]``, or ``teacher_logits [N, V]``
-            (precomputed/cached; -inf allowed); all None for sft. The teacher gets no gradient.
+            (precomputed; -inf allowed) or a ``TopKLogprobs`` (a cache's top-k rows, densified one
+            chunk at a time); all None for sft. The teacher gets no gradient.
         loss: registry name (built with ``loss_kwargs``) or a ``DistillLoss``.
         mask: ``[N]`` bool, None = all valid; labels: ``[N]`` int64 targets (-100 = masked).
         chunk_size: rows per chunk. reduction: "mean" over valid tokens or "sum".
@@ -243,7 +251,7 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tenso
                        teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
                        loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
                        labels: torch.Tensor | None = None, reduction: str = "mean",
-                       teacher_logits: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
+                       teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> torch.Tensor:
     """The distillation loss alone (``distil_ratio = 1``) from hidden states; see ``fused_linear_losses``.
 
     Same value and gradients (w.r.t. student_hidden and student_weight) as ``loss(hidden @ W.T,
