@@ -11,10 +11,12 @@ and a composed VLM student (SigLIP -> MLP -> Qwen2) with a 32,000-row head.
 Timing: after warm-up, rows take turns one step at a time (round-robin, R rounds), so a change of
 machine load hits every row alike; the median is reported. Memory: extra peak RSS of one step
 (VmHWM reset through ``/proc/self/clear_refs``, minus the RSS before the step; glibc's mmap
-threshold at 1 MiB so that freed tensors leave RSS), each model configuration in a fresh process.
-torch has no allocator statistics on the CPU, hence RSS. Writes ``bench_step.json`` and ``.png``.
+threshold at 1 MiB so that freed tensors leave RSS), in a second fresh process per configuration
+(the threshold changes timing, so the timed process keeps the default allocator). torch has no
+allocator statistics on the CPU, hence RSS. Writes ``bench_step.json`` and ``.png``.
 
-    python eval/bench_step.py [--quick] [--output eval/results] [--rounds 7]
+    python eval/bench_step.py [--quick] [--output eval/results] [--rounds 7] [--only text_v32k]
+    python eval/bench_step.py --only text_v32k --profile floor,taid   # torch.profiler tables
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class Floor:
         params = [p for p in self.student.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, fused=True)
 
-    def step(self, batch: dict) -> None:
+    def step(self, batch: dict) -> dict[str, float]:
         import torch
         import torch.nn.functional as F
 
@@ -157,71 +159,107 @@ class Floor:
             t = self.teacher.response_hidden(batch["teacher"])
             t.hidden @ t.weight.T  # the teacher's head on the completion rows; a distillation loss reads it
         s = self.student.response_hidden(batch["student"])
-        F.cross_entropy((s.hidden @ s.weight.T).float(), s.targets).backward()
+        loss = F.cross_entropy((s.hidden @ s.weight.T).float(), s.targets)
+        loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        return {"loss": float(loss)}
 
 
-def run_config(spec: dict, rounds: int | None = None) -> dict:
-    """Build every row of one model configuration, measure it; returns the rows' numbers."""
+def build_rows(spec: dict, root: Path, only: list[str] | None = None) -> tuple[dict, int]:
+    """Write the tokenizer, data, teacher and cache under ``root``; build the floor and one Trainer per
+    row. Returns ``({row: (step_fn, [batch, batch])}, response tokens per batch)``."""
     import torch
 
     from taid_vlm.adapters import build_adapter
     from taid_vlm.cache import cache_teacher
     from taid_vlm.train.loop import Trainer
 
+    _tokenizer(spec["V"], root / "tok")
+    _data(spec, root, 2 * spec["batch"])
+    torch.manual_seed(1)
+    build_adapter(spec["family"], config=spec["teacher"], tokenizer=str(root / "tok")).save(str(root / "teacher"))
+    cache_teacher(_config(spec, root, "taid"), root / "cache", top_k=64, shard_size=spec["batch"])
+    trainers = {"taid": Trainer(_config(spec, root, "taid"))}
+    teacher = trainers["taid"].parts.teacher
+    for name in ("taid_cached", *spec["losses"], "sft"):
+        if only and name not in only:
+            continue
+        loss = name.removesuffix("_cached")
+        tr = Trainer(_config(spec, root, loss, cache=str(root / "cache") if name.endswith("_cached") else None))
+        if tr.parts.teacher is not None:
+            tr.parts.teacher = teacher  # one frozen teacher in memory for every row (same weights)
+        trainers[name] = tr
+    samples = trainers["taid"].parts.samples
+    micro = [samples[j:j + spec["batch"]] for j in (0, spec["batch"])]
+    floor = Floor(trainers["taid"].cfg, teacher)
+    rows = {"floor": (floor.step, [trainers["taid"].parts.collate(m) for m in micro])}
+    for name, tr in trainers.items():
+        # Collated before timing, as the loader does (in workers when data.num_workers > 0).
+        rows[name] = (lambda b, tr=tr: tr._optimizer_step([b]), [tr.parts.collate(m) for m in micro])
+    return rows, int(rows["floor"][1][0]["num_tokens"])
+
+
+def run_config(spec: dict, rounds: int | None = None, measure: str = "time", only: list[str] | None = None) -> dict:
+    """Build every row of one model configuration and measure it: ``time`` (median of round-robin
+    steps) or ``memory`` (extra peak RSS of one step). Returns the rows' numbers."""
     meter_mod = _load("bench_losses")
+    out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        _tokenizer(spec["V"], root / "tok")
-        _data(spec, root, 2 * spec["batch"])
-        torch.manual_seed(1)
-        build_adapter(spec["family"], config=spec["teacher"], tokenizer=str(root / "tok")).save(str(root / "teacher"))
-        cache_teacher(_config(spec, root, "taid"), root / "cache", top_k=64, shard_size=spec["batch"])
-        rows: dict[str, object] = {}
-        trainers = {"taid": Trainer(_config(spec, root, "taid"))}
-        teacher = trainers["taid"].parts.teacher
-        for name in ("taid_cached", *spec["losses"], "sft"):
-            loss = name.removesuffix("_cached")
-            tr = Trainer(_config(spec, root, loss, cache=str(root / "cache") if name.endswith("_cached") else None))
-            if tr.parts.teacher is not None:
-                tr.parts.teacher = teacher  # one frozen teacher in memory for every row (same weights)
-            trainers[name] = tr
-        ids = list(range(2 * spec["batch"]))
-        samples = trainers["taid"].parts.samples
-        micro = [[samples[i] for i in ids[j:j + spec["batch"]]] for j in (0, spec["batch"])]
-        floor = Floor(trainers["taid"].cfg, teacher)
-        for name, tr in trainers.items():
-            batches = [tr.parts.collate(m) for m in micro]
-            rows[name] = (lambda b, tr=tr: tr._optimizer_step([b]), batches)
-        rows = {"floor": (floor.step, [trainers["taid"].parts.collate(m) for m in micro]), **rows}
-        n_tokens = int(rows["floor"][1][0]["num_tokens"])
+        rows, n_tokens = build_rows(spec, Path(tmp), only)
         for fn, batches in rows.values():
+            for i in range(spec["warmup"] if measure == "time" else 1):
+                fn(batches[i % 2])
+        if measure == "memory":
+            for name, (fn, batches) in rows.items():
+                gc.collect()
+                meter = meter_mod._PeakMeter("cpu")
+                meter.start()
+                fn(batches[0])
+                out[name] = {"peak_extra_mib": meter.stop(), "mem_method": meter.mode}
+        else:
+            times: dict[str, list[float]] = {name: [] for name in rows}
+            order = list(rows)
+            for r in range(rounds or spec["rounds"]):
+                for name in order[r % len(order):] + order[:r % len(order)]:  # rotate who goes first
+                    fn, batches = rows[name]
+                    t0 = time.perf_counter()
+                    loss = float(fn(batches[r % 2])["loss"])
+                    times[name].append(time.perf_counter() - t0)
+                    out[name] = {"times_s": times[name], "median_s": statistics.median(times[name]), "loss": loss}
+    return {"name": spec["name"], "family": spec["family"], "V": spec["V"], "batch": spec["batch"],
+            "response_tokens": n_tokens, "rows": out}
+
+
+def merge(timed: dict, mem: dict) -> dict:
+    """One configuration's rows with both measurements and their ratios to the floor."""
+    rows = []
+    floor_t, floor_m = timed["rows"]["floor"]["median_s"], mem["rows"]["floor"]["peak_extra_mib"]
+    for name, r in timed["rows"].items():
+        m = mem["rows"][name]
+        rows.append({"row": name, **r, **m, "time_ratio": r["median_s"] / floor_t,
+                     "mem_ratio": m["peak_extra_mib"] / max(floor_m, 1e-9)})
+    return {**{k: v for k, v in timed.items() if k != "rows"}, "status": "ok", "rows": rows}
+
+
+def profile(spec: dict, names: list[str], steps: int = 3) -> str:
+    """torch.profiler tables (self CPU time) of a few steps of each named row, after warm-up."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    tables = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, n_tokens = build_rows(spec, Path(tmp), names)
+        for name in names:
+            fn, batches = rows[name]
             for i in range(spec["warmup"]):
                 fn(batches[i % 2])
-        memory = {}
-        for name, (fn, batches) in rows.items():
-            gc.collect()
-            meter = meter_mod._PeakMeter("cpu")
-            meter.start()
-            fn(batches[0])
-            memory[name] = meter.stop()
-        times: dict[str, list[float]] = {name: [] for name in rows}
-        order = list(rows)
-        for r in range(rounds or spec["rounds"]):
-            for name in order[r % len(order):] + order[:r % len(order)]:  # rotate who goes first
-                fn, batches = rows[name]
-                t0 = time.perf_counter()
-                fn(batches[r % 2])
-                times[name].append(time.perf_counter() - t0)
-    floor_t, floor_m = statistics.median(times["floor"]), memory["floor"]
-    out = []
-    for name in rows:
-        med = statistics.median(times[name])
-        out.append({"row": name, "median_s": med, "times_s": times[name], "peak_extra_mib": memory[name],
-                    "time_ratio": med / floor_t, "mem_ratio": memory[name] / max(floor_m, 1e-9)})
-    return {"name": spec["name"], "family": spec["family"], "V": spec["V"], "batch": spec["batch"],
-            "response_tokens": n_tokens, "mem_method": meter.mode, "rows": out}
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(steps):
+                    fn(batches[i % 2])
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40)
+            tables.append(f"## {spec['name']} {name} (N={n_tokens}, {steps} steps)\n{table}")
+    return "\n\n".join(tables)
 
 
 def _load(name: str):
@@ -231,15 +269,33 @@ def _load(name: str):
     return mod
 
 
-def _spawn(spec: dict, rounds: int | None, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps({"spec": spec, "rounds": rounds})]
+def _spawn(job: dict, timeout: float) -> dict:
+    """Run one (configuration, measure) job in a fresh process. Memory jobs set glibc's mmap threshold
+    to 1 MiB so freed tensors leave RSS; time jobs keep the allocator as users have it (the threshold
+    changes how often fresh buffers are page-faulted in, hence the time)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    if job["measure"] == "memory":
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     env.setdefault("HF_HUB_OFFLINE", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": [f"{job['measure']}: over the {timeout:.0f} s timeout"]}
     if proc.returncode != 0:
-        return {"name": spec["name"], "status": "failed", "reason": proc.stderr.strip().splitlines()[-5:]}
+        return {"status": "failed", "reason": proc.stderr.strip().splitlines()[-5:]}
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def measure(spec: dict, args) -> dict:
+    """Both measurements of one configuration (in this process for --quick)."""
+    only = args.rows.split(",") if args.rows else None
+    if args.quick:
+        return merge(run_config(spec, args.rounds, "time", only), run_config(spec, None, "memory", only))
+    res = [_spawn({"spec": spec, "rounds": args.rounds, "measure": m, "only": only}, args.timeout)
+           for m in ("time", "memory")]
+    bad = [r for r in res if r["status"] != "ok"]
+    return {"name": spec["name"], "status": "failed", "reason": bad[0]["reason"]} if bad else merge(*res)
 
 
 def verdicts(configs: list[dict]) -> dict:
@@ -292,18 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny models in this process, for tests (seconds)")
     ap.add_argument("--rounds", type=int, default=None, help="timed steps per row (default 7; quick 2)")
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
+    ap.add_argument("--rows", default=None, help="comma-separated rows beyond floor and taid (default: all)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration and measure")
+    ap.add_argument("--profile", default=None, help="rows to profile (e.g. floor,taid) instead of timing; "
+                                                     "prints torch.profiler tables of the --only configurations")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
         job = json.loads(args.child)
-        print(json.dumps(run_config(job["spec"], job["rounds"])))
+        print(json.dumps(run_config(job["spec"], job["rounds"], job["measure"], job["only"])))
         return 0
     specs = [s for s in configurations(args.quick) if not args.only or s["name"] in args.only.split(",")]
+    if args.profile:
+        for spec in specs:
+            print(profile(spec, args.profile.split(",")), flush=True)
+        return 0
     configs = []
     for spec in specs:
-        res = {"status": "ok", **run_config(spec, args.rounds)} if args.quick else _spawn(spec, args.rounds,
-                                                                                          args.timeout)
+        res = measure(spec, args)
         configs.append(res)
         for r in res.get("rows", []):
             print(f"{spec['name']:11s} {r['row']:12s} {r['median_s']:.3f} s  x{r['time_ratio']:.2f} time  "

@@ -36,19 +36,22 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
     distil_grad = want_grad and loss.needs_teacher and ratio > 0
     any_grad = gh_need or gw_need or (distil_grad and params)
     grad_h = torch.empty(n, h.shape[1], dtype=h.dtype, device=h.device) if gh_need else None
-    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if gw_need else None
+    grad_w = None  # [V, H] fp32, from the first chunk on
     pgrads = [torch.zeros_like(p, dtype=torch.float32) for p in params] if distil_grad else []
     sums = {"distil": h.new_zeros((), dtype=torch.float32), "lm": h.new_zeros((), dtype=torch.float32)}
     stats = {k: h.new_zeros((), dtype=torch.float32) for k in loss.stat_keys}
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         hc = h[a:b]
-        s = (hc @ w.T).float()
+        # Student log-probs, in place over the logits: one row kernel, no logsumexp temporaries (on
+        # the CPU every fresh [C, V] buffer costs its page faults). Every loss is invariant to a
+        # per-row shift of the student logits, so log-probs stand in for logits with the same values
+        # and gradients, and the LM cross-entropy is a gather.
+        s = hc @ w.T
+        s = torch.log_softmax(s.float(), -1, out=s) if s.dtype == torch.float32 else torch.log_softmax(s.float(), -1)
         lab = None if labels is None else labels[a:b]
-        lse = None
         if lab is not None:
-            lse = torch.logsumexp(s, -1, keepdim=True)
-            sums["lm"] += (lse.view(-1) - s.gather(1, lab.unsqueeze(1)).view(-1)).sum()
+            sums["lm"] -= s.gather(1, lab.unsqueeze(1)).sum()
         grad = None
         if loss.needs_teacher:
             s_distil = s
@@ -66,7 +69,8 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
                     del neg
             else:
                 t = (th[a:b] @ tw.T).float()
-            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad)
+            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad,
+                                                         student_logprobs=s_distil is s)
             del t, s_distil
             sums["distil"] += vals.sum()
             for k in stats:
@@ -75,24 +79,28 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
                 acc.add_(g.float(), alpha=ratio * scale)
         if not (gh_need or gw_need):
             continue
-        if grad is not None:
+        if grad is not None and ratio != 1.0:
             grad.mul_(ratio)
         if ratio < 1.0 or not loss.needs_teacher:  # LM cross-entropy part: softmax(s) - onehot(label)
-            q = s.sub_(lse).exp_()  # s is not needed any more
+            q = s.exp_()  # s (log-probs) is not needed any more
             q.scatter_add_(1, lab.unsqueeze(1), q.new_full((b - a, 1), -1.0))
             lm_w = 1.0 - ratio if loss.needs_teacher else 1.0
-            grad = q.mul_(lm_w) if grad is None else grad.add_(q, alpha=lm_w)
+            grad = (q if lm_w == 1.0 else q.mul_(lm_w)) if grad is None else grad.add_(q, alpha=lm_w)
             del q
         del s
-        gd = grad.mul_(scale).to(w.dtype)
+        gd = (grad if scale == 1.0 else grad.mul_(scale)).to(w.dtype)
         if gh_need:
             grad_h[a:b] = (gd @ w).to(h.dtype)
         if gw_need:
-            if gd.dtype == torch.float32 and hc.dtype == torch.float32:
+            if grad_w is None:  # the first chunk's product is the buffer: no zero-filled [V, H]
+                grad_w = (gd.T @ hc.to(gd.dtype)).float()
+            elif gd.dtype == torch.float32 and hc.dtype == torch.float32:
                 grad_w.addmm_(gd.T, hc)
             else:
                 grad_w.add_((gd.T @ hc.to(gd.dtype)).float())
         del grad, gd
+    if gw_need and grad_w is None:  # no valid row
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
     return sums, stats, grad_h, grad_w, pgrads
 
 
