@@ -365,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             print(profile(spec, args.profile.split(",")), flush=True)
         return 0
-    configs = []
+    from taid_vlm.demo.studies import provenance
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(argv if argv is not None else sys.argv[1:], "eval/bench_step.py")
+    prov["load_average_at_start"] = list(os.getloadavg())  # a shared machine: other jobs slow every row
+    configs: list[dict] = []
     for spec in specs:
         res = measure(spec, args)
         configs.append(res)
@@ -374,14 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['peak_extra_mib']:.0f} MiB  x{r['mem_ratio']:.2f} mem", flush=True)
         if res["status"] != "ok":
             print(f"{spec['name']}: {res}", flush=True)
-    from taid_vlm.demo.studies import provenance
-
-    report = {"benchmark": "distillation step vs the floor", **provenance(argv if argv is not None else sys.argv[1:],
-                                                                          "eval/bench_step.py"),
-              "quick": args.quick, "targets": TARGETS, "configs": configs, "verdicts": verdicts(configs)}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_step.json").write_text(json.dumps(report, indent=2))
+        # Written after every configuration: a run cut short keeps what it measured.
+        report = {"benchmark": "distillation step vs the floor", **prov, "quick": args.quick, "targets": TARGETS,
+                  "configs": configs, "verdicts": verdicts(configs)}
+        (out / "bench_step.json").write_text(json.dumps(report, indent=2))
     _plot(configs, out / "bench_step.png")
     print(json.dumps(report["verdicts"], indent=2))
     return 0 if all(c["status"] == "ok" for c in configs) else 1
