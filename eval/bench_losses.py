@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 FULL_BUFFERS = 8  # [N, V] fp32 tensors alive at the full path's peak (estimate used for skipping)
-TARGET = {"N": 2048, "V": 151936, "mem_ratio_max": 0.15, "time_ratio_max": 1.25}
+TARGET = {"N": 2048, "V": 151936, "mem_ratio_max": 0.10, "time_ratio_max": 1.25}
 
 
 def _rss_kb(field: str) -> int:
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=896, help="hidden size H of student and teacher")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: torch default)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    ap.add_argument("--ns", default=None, help="comma-separated N values (default 512,2048,8192)")
+    ap.add_argument("--vs", default=None, help="comma-separated V values (default 32000,151936)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -208,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         ns, vs, hdim, chunk = [128], [500], 32, 32  # 2 child processes: a few seconds
     else:
         ns, vs, hdim, chunk = [512, 2048, 8192], [32000, 151936], args.hidden, args.chunk
+        ns = [int(x) for x in args.ns.split(",")] if args.ns else ns
+        vs = [int(x) for x in args.vs.split(",")] if args.vs else vs
     avail = _available_mib()
     cases = []
     for v in vs:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import math
+import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
-from taid_vlm.cache.format import compare_fingerprints, fingerprint, read_index, read_shard
+from taid_vlm.cache.format import compare_fingerprints, fingerprint, read_index
 from taid_vlm.config import ConfigError
+from taid_vlm.losses.sparse import TopKLogprobs
 
 
 class CacheMismatchError(ConfigError):
@@ -20,25 +23,27 @@ def dense_logprobs(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, rest_mas
                    vocab_size: int) -> torch.Tensor:
     """``[N, V]`` teacher log-probs: the top-k kept, the rest mass spread evenly over the others.
 
+    The training step does not call this (it hands ``TopKLogprobs`` to the fused loss, which builds
+    one chunk at a time with the same construction); it is for inspection and tests.
+
     Args:
         topk_ids: ``[N, k]`` int; topk_logprobs: ``[N, k]``; rest_mass: ``[N]``.
     """
-    n, k = topk_ids.shape
-    out = torch.empty(n, vocab_size, dtype=torch.float32, device=topk_logprobs.device)
-    others = vocab_size - k
-    if others > 0:
-        # An exhausted remainder would give -inf for tokens the student may still predict; a tiny
-        # floor keeps reverse-KL-type losses finite (the loss renormalises anyway).
-        fill = torch.log(rest_mass.float().clamp_min(1e-12) / others)
-        out.copy_(fill[:, None].expand(n, vocab_size))
-    else:
-        out.fill_(-math.inf)
-    out.scatter_(1, topk_ids.long(), topk_logprobs.float())
-    return out
+    return TopKLogprobs(topk_ids, topk_logprobs, rest_mass, vocab_size).dense()
 
 
 class TeacherCache:
-    """Reads a cache written by ``cache-teacher``; ``rows(ids)`` gives a batch's teacher rows."""
+    """Reads a cache written by ``cache-teacher``; ``rows(ids)`` gives a batch's teacher rows.
+
+    Lazy: opening reads only each shard's sample ids and row offsets; ``rows(ids)`` reads just the
+    requested samples' row ranges through memory-mapped ``safe_open`` handles (the OS pages them in
+    and can drop them again), so memory stays flat in the size of the cache and each rank touches
+    only the rows its own batches need. What stays resident is the id -> (shard, rows) map,
+    O(samples), not O(tokens).
+    """
+
+    KEYS = ("topk_ids", "topk_logprobs", "rest_mass", "targets")
+    OPEN_SHARDS = 16  # safe_open handles kept between calls (an LRU: shards are read in data order)
 
     def __init__(self, cache_dir: str | Path) -> None:
         self.dir = Path(cache_dir)
@@ -46,16 +51,31 @@ class TeacherCache:
         self.top_k = int(self.index["top_k"])
         self.vocab_size = int(self.index["vocab_size"])
         self._where: dict[str, tuple[int, int, int]] = {}
-        self._shards: list[dict[str, torch.Tensor]] = []
+        self._paths: list[Path] = []
+        self._handles: OrderedDict[int, Any] = OrderedDict()
         for si, name in enumerate(self.index["shards"]):
             path = self.dir / name
             if not path.is_file():
                 raise FileNotFoundError(f"teacher.cache: shard {name} is missing; re-run cache-teacher to finish it")
-            ids, rows = read_shard(path)
-            self._shards.append(rows)
-            off = rows["offsets"].tolist()
+            self._paths.append(path)
+            with safe_open(str(path), framework="pt") as f:
+                ids = json.loads(f.metadata()["ids"])
+                off = f.get_tensor("offsets").tolist()
             for j, sid in enumerate(ids):
                 self._where[str(sid)] = (si, off[j], off[j + 1])
+
+    def _shard(self, si: int) -> Any:
+        handle = self._handles.pop(si, None)
+        if handle is None:
+            handle = safe_open(str(self._paths[si]), framework="pt")
+            while len(self._handles) >= self.OPEN_SHARDS:
+                self._handles.popitem(last=False)
+        self._handles[si] = handle
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        # safe_open handles do not pickle (DataLoader workers, spawn): they are reopened on demand.
+        return {**self.__dict__, "_handles": OrderedDict()}
 
     def check(self, *, data: str, tokenizer: Any, template: str | None, max_length: int) -> None:
         """Raise ``CacheMismatchError`` naming each fingerprint field that differs."""
@@ -73,19 +93,27 @@ class TeacherCache:
     def __contains__(self, sample_id: str) -> bool:
         return str(sample_id) in self._where
 
+    def __len__(self) -> int:
+        return len(self._where)
+
     def counts(self, ids: list[str]) -> torch.Tensor:
         """``[S]`` number of cached response tokens of each sample."""
         return torch.tensor([b - a for _, a, b in (self._where[str(i)] for i in ids)], dtype=torch.int64)
 
-    def rows(self, ids: list[str]) -> dict[str, torch.Tensor]:
-        """Concatenated rows of the given samples, in order (``topk_ids [N, k]``, ..., ``targets [N]``)."""
+    def rows(self, ids: list[str], keys: tuple[str, ...] = KEYS) -> dict[str, torch.Tensor]:
+        """Concatenated rows of the given samples, in order, read from disk now.
+
+        Returns:
+            ``{"topk_ids": [N, k] int32, "topk_logprobs": [N, k], "rest_mass": [N], "targets": [N]}``
+            (or only ``keys``), N = the samples' cached response tokens.
+        """
         missing = [i for i in ids if str(i) not in self._where]
         if missing:
             raise KeyError(f"teacher.cache has no entry for sample(s) {missing[:3]}")
-        keys = ("topk_ids", "topk_logprobs", "rest_mass", "targets")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for sid in ids:
             si, a, b = self._where[str(sid)]
+            f = self._shard(si)
             for k in keys:
-                parts[k].append(self._shards[si][k][a:b])
+                parts[k].append(f.get_slice(k)[a:b])
         return {k: torch.cat(v) for k, v in parts.items()}

@@ -98,12 +98,15 @@ class DistillLoss(nn.Module):
         self.load_loss_state(state)
 
     def value_and_grad(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                       labels: torch.Tensor | None, need_grad: bool):
+                       labels: torch.Tensor | None, need_grad: bool, student_logprobs: bool = False):
         """Values and gradient of ``sum(per_token)`` for one chunk (fused path).
 
         Args:
             student_logits: ``[C, V]`` fp32 (not modified); teacher_logits: ``[C, V]`` fp32, owned by
                 the caller and MAY be overwritten; labels: ``[C]`` or None.
+            student_logprobs: the student rows are log-probs already (the fused loop passes
+                log_softmax of the logits: every loss is invariant to a per-row shift of the student
+                logits); a closed form may then skip its own normalisation. Ignored here.
         Returns:
             ``(values [C], stats {key: [C]}, grad_s [C, V] | None, param_grads list | None)``, detached.
         """

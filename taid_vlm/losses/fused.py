@@ -24,6 +24,7 @@ from taid_vlm.losses._validate import (
 )
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.registry import get_loss
+from taid_vlm.losses.sparse import TopKLogprobs
 
 
 def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
@@ -35,34 +36,41 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
     distil_grad = want_grad and loss.needs_teacher and ratio > 0
     any_grad = gh_need or gw_need or (distil_grad and params)
     grad_h = torch.empty(n, h.shape[1], dtype=h.dtype, device=h.device) if gh_need else None
-    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if gw_need else None
+    grad_w = None  # [V, H] fp32, from the first chunk on
     pgrads = [torch.zeros_like(p, dtype=torch.float32) for p in params] if distil_grad else []
     sums = {"distil": h.new_zeros((), dtype=torch.float32), "lm": h.new_zeros((), dtype=torch.float32)}
     stats = {k: h.new_zeros((), dtype=torch.float32) for k in loss.stat_keys}
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         hc = h[a:b]
-        s = (hc @ w.T).float()
+        # Student log-probs, in place over the logits: one row kernel, no logsumexp temporaries (on
+        # the CPU every fresh [C, V] buffer costs its page faults). Every loss is invariant to a
+        # per-row shift of the student logits, so log-probs stand in for logits with the same values
+        # and gradients, and the LM cross-entropy is a gather.
+        s = hc @ w.T
+        s = torch.log_softmax(s.float(), -1, out=s) if s.dtype == torch.float32 else torch.log_softmax(s.float(), -1)
         lab = None if labels is None else labels[a:b]
-        lse = None
         if lab is not None:
-            lse = torch.logsumexp(s, -1, keepdim=True)
-            sums["lm"] += (lse.view(-1) - s.gather(1, lab.unsqueeze(1)).view(-1)).sum()
+            sums["lm"] -= s.gather(1, lab.unsqueeze(1)).sum()
         grad = None
         if loss.needs_teacher:
             s_distil = s
             if tl is not None:
-                t = tl[a:b].to(torch.float32, copy=True)
-                neg = torch.isneginf(t)
-                if bool(neg.any()):
-                    # Excluded for the student too (as sanitize_pair does on the full path); the LM
-                    # cross-entropy above keeps the student's whole vocabulary.
-                    t.masked_fill_(neg, NEG_FILL)
-                    s_distil = s.masked_fill(neg, NEG_FILL)
-                del neg
+                # A cache's top-k rows become this chunk's [C, V] log-probs here, never [N, V].
+                sparse = isinstance(tl, TopKLogprobs)
+                t = tl.dense(a, b) if sparse else tl[a:b].to(torch.float32, copy=True)
+                if not sparse or tl.has_neginf:
+                    neg = torch.isneginf(t)
+                    if bool(neg.any()):
+                        # Excluded for the student too (as sanitize_pair does on the full path); the
+                        # LM cross-entropy above keeps the student's whole vocabulary.
+                        t.masked_fill_(neg, NEG_FILL)
+                        s_distil = s.masked_fill(neg, NEG_FILL)
+                    del neg
             else:
                 t = (th[a:b] @ tw.T).float()
-            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad)
+            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad,
+                                                         student_logprobs=s_distil is s)
             del t, s_distil
             sums["distil"] += vals.sum()
             for k in stats:
@@ -71,24 +79,28 @@ def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
                 acc.add_(g.float(), alpha=ratio * scale)
         if not (gh_need or gw_need):
             continue
-        if grad is not None:
+        if grad is not None and ratio != 1.0:
             grad.mul_(ratio)
         if ratio < 1.0 or not loss.needs_teacher:  # LM cross-entropy part: softmax(s) - onehot(label)
-            q = s.sub_(lse).exp_()  # s is not needed any more
+            q = s.exp_()  # s (log-probs) is not needed any more
             q.scatter_add_(1, lab.unsqueeze(1), q.new_full((b - a, 1), -1.0))
             lm_w = 1.0 - ratio if loss.needs_teacher else 1.0
-            grad = q.mul_(lm_w) if grad is None else grad.add_(q, alpha=lm_w)
+            grad = (q if lm_w == 1.0 else q.mul_(lm_w)) if grad is None else grad.add_(q, alpha=lm_w)
             del q
         del s
-        gd = grad.mul_(scale).to(w.dtype)
+        gd = (grad if scale == 1.0 else grad.mul_(scale)).to(w.dtype)
         if gh_need:
             grad_h[a:b] = (gd @ w).to(h.dtype)
         if gw_need:
-            if gd.dtype == torch.float32 and hc.dtype == torch.float32:
+            if grad_w is None:  # the first chunk's product is the buffer: no zero-filled [V, H]
+                grad_w = (gd.T @ hc.to(gd.dtype)).float()
+            elif gd.dtype == torch.float32 and hc.dtype == torch.float32:
                 grad_w.addmm_(gd.T, hc)
             else:
                 grad_w.add_((gd.T @ hc.to(gd.dtype)).float())
         del grad, gd
+    if gw_need and grad_w is None:  # no valid row
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
     return sums, stats, grad_h, grad_w, pgrads
 
 
@@ -160,7 +172,8 @@ def _check_teacher(loss, n, vocab, teacher_hidden, teacher_weight, teacher_logit
     if teacher_logits is not None:
         if teacher_hidden is not None or teacher_weight is not None:
             raise ValueError("teacher_logits: give either teacher_hidden/teacher_weight or teacher_logits, not both")
-        check_logits(teacher_logits, "teacher_logits")
+        check_logits(teacher_logits.logprobs if isinstance(teacher_logits, TopKLogprobs) else teacher_logits,
+                     "teacher_logits")
         if tuple(teacher_logits.shape) != (n, vocab):
             raise ValueError(f"teacher_logits: expected shape {(n, vocab)}, got {tuple(teacher_logits.shape)}")
         return
@@ -185,6 +198,8 @@ def _full_fallback(loss, hidden, weight, t_hidden, t_weight, t_logits, mask, lab
         return {"loss": lm, "distil_loss": torch.zeros_like(lm), "lm_loss": lm.detach()}
     with torch.no_grad():
         t = t_logits if t_logits is not None else t_hidden @ t_weight.T
+        if isinstance(t, TopKLogprobs):
+            t = t.dense()
     distil = loss(s, t, mask, labels=labels, reduction=reduction)
     total = ratio * distil + (1.0 - ratio) * lm
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss.stats}
@@ -194,13 +209,14 @@ def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tens
                         teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
                         loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
                         labels: torch.Tensor | None = None, reduction: str = "mean", distil_ratio: float = 1.0,
-                        teacher_logits: torch.Tensor | None = None, **loss_kwargs) -> dict[str, torch.Tensor]:
+                        teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> dict[str, torch.Tensor]:
     """Total = (1 - distil_ratio) * lm + distil_ratio * distil from hidden states, chunk by chunk.
 
     Args:
         student_hidden: ``[N, H]``; student_weight: ``[V, H]`` (logits = hidden @ weight.T, no bias).
         teacher_hidden: ``[N, Ht]`` and teacher_weight ``[V, Ht]``, or ``teacher_logits [N, V]``
-            (precomputed/cached; -inf allowed); all None for sft. The teacher gets no gradient.
+            (precomputed; -inf allowed) or a ``TopKLogprobs`` (a cache's top-k rows, densified one
+            chunk at a time); all None for sft. The teacher gets no gradient.
         loss: registry name (built with ``loss_kwargs``) or a ``DistillLoss``.
         mask: ``[N]`` bool, None = all valid; labels: ``[N]`` int64 targets (-100 = masked).
         chunk_size: rows per chunk. reduction: "mean" over valid tokens or "sum".
@@ -243,7 +259,7 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tenso
                        teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
                        loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
                        labels: torch.Tensor | None = None, reduction: str = "mean",
-                       teacher_logits: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
+                       teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> torch.Tensor:
     """The distillation loss alone (``distil_ratio = 1``) from hidden states; see ``fused_linear_losses``.
 
     Same value and gradients (w.r.t. student_hidden and student_weight) as ``loss(hidden @ W.T,

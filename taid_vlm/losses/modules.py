@@ -41,8 +41,9 @@ class ForwardKLLoss(DistillLoss):
     def per_token(self, student_logits, teacher_logits, labels):
         return D.fkl_per_token(*self._tempered(student_logits, teacher_logits))
 
-    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad):
-        kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad)
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad,
+                                             student_logprobs)
         return kl, {}, grad, ([] if need_grad else None)
 
 
@@ -232,8 +233,9 @@ class TAIDLoss(DistillLoss):
         kl, ce = taid_per_token(*self._tempered(student_logits, teacher_logits), self.t)
         return kl, {"taid_kl": kl.detach(), "taid_ce": ce}
 
-    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad):
-        kl, ce, grad = taid_value_and_grad(student_logits, teacher_logits, self.t, self.temperature, need_grad)
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        kl, ce, grad = taid_value_and_grad(student_logits, teacher_logits, self.t, self.temperature, need_grad,
+                                           student_logprobs)
         return kl, {"taid_kl": kl, "taid_ce": ce}, grad, ([] if need_grad else None)
 
     def on_optimizer_step(self, stats, step: int, total_steps: int) -> dict[str, float]:

@@ -37,48 +37,63 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
+ROW_BLOCK = 16  # rows per block of the kernel's one temporary (p_t): 16 x V, reused from the heap
+
+
 def taid_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,
-                        temperature: float = 1.0, need_grad: bool = True
+                        temperature: float = 1.0, need_grad: bool = True, student_logprobs: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Closed-form TAID values and gradient in at most three ``[C, V]`` buffers (fused path).
+    """Closed-form TAID values and gradient (fused path) with no new ``[C, V]`` buffer when
+    ``student_logprobs`` (one otherwise): row kernels (log_softmax), in-place updates of the
+    teacher's buffer, and p_t in blocks of ``ROW_BLOCK`` rows.
 
     Args:
         student_logits: ``[C, V]`` fp32 raw student logits (left unchanged).
         teacher_logits: ``[C, V]`` fp32 raw teacher logits, OVERWRITTEN (used as a work buffer).
         t: interpolation parameter; t = 1 gives forward KL (see ``forward_kl_value_and_grad``).
         temperature: both sides are divided by it before the softmax.
+        student_logprobs: ``student_logits`` are log-probs already (rows sum to 1 after exp), so
+            with temperature 1 they are used as they are.
     Returns:
-        ``(kl [C], ce [C], grad [C, V] | None)`` with grad = d sum(kl) / d student_logits = (q - p_t) / T.
+        ``(kl [C], ce [C], grad [C, V] | None)`` with grad = d sum(kl) / d student_logits = (q - p_t) / T;
+        grad lives in ``teacher_logits``' buffer.
     """
-    s_t = student_logits if temperature == 1.0 else student_logits / temperature
+    if student_logprobs and temperature == 1.0:
+        lq = student_logits
+    else:
+        lq = torch.log_softmax(student_logits if temperature == 1.0 else student_logits / temperature, -1)
     mix = teacher_logits
     if t != 1.0:
-        mix.mul_(t).add_(student_logits, alpha=1.0 - t)
+        mix.lerp_(student_logits, 1.0 - t)  # t * teacher + (1 - t) * student
     if temperature != 1.0:
         mix.div_(temperature)
-    lse_m = torch.logsumexp(mix, -1, keepdim=True)
-    lse_s = torch.logsumexp(s_t, -1, keepdim=True)
-    diff = torch.sub(mix, s_t).add_(lse_s - lse_m)  # log p_t - log q
-    p = mix.sub_(lse_m).exp_()
-    kl = _rowdot(p, diff)
-    ce = lse_s.view(-1) - _rowdot(p, s_t)
+    lp = torch.log_softmax(mix, -1, out=mix)  # log p_t, in place
+    kl, ce = lq.new_empty(lq.shape[0]), lq.new_empty(lq.shape[0])
+    for a in range(0, lq.shape[0], ROW_BLOCK):
+        rows = slice(a, a + ROW_BLOCK)
+        p = lp[rows].exp()
+        ce[rows] = -_rowdot(p, lq[rows])
+        kl[rows] = _rowdot(p, lp[rows].sub_(lq[rows]))  # log p_t - log q, in place
+        if need_grad:
+            torch.exp(lq[rows], out=mix[rows]).sub_(p)  # q - p_t, where log p_t was
+        del p
     if not need_grad:
         return kl, ce, None
-    grad = torch.sub(s_t, lse_s, out=diff).exp_().sub_(p)
+    grad = mix
     if temperature != 1.0:
         grad.div_(temperature)
     return kl, ce, grad
 
 
 def forward_kl_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                              temperature: float = 1.0, need_grad: bool = True
+                              temperature: float = 1.0, need_grad: bool = True, student_logprobs: bool = False
                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Closed-form forward KL(p || q) values ``[C]`` and gradient ``(q - p) / T`` ``[C, V]``.
 
     TAID's target at t = 1 is the teacher itself, so this is TAID's kernel with t = 1; the same
     buffer contract holds (``teacher_logits`` is overwritten).
     """
-    kl, _, grad = taid_value_and_grad(student_logits, teacher_logits, 1.0, temperature, need_grad)
+    kl, _, grad = taid_value_and_grad(student_logits, teacher_logits, 1.0, temperature, need_grad, student_logprobs)
     return kl, grad
 
 

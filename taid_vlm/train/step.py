@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from taid_vlm.adapters.base import Adapter, ResponseHidden
-from taid_vlm.losses import DistillLoss
+from taid_vlm.losses import DistillLoss, TopKLogprobs
 
 if TYPE_CHECKING:
     from taid_vlm.cache import TeacherCache
@@ -58,18 +58,17 @@ def teacher_response(teacher: Adapter, batch: dict[str, torch.Tensor]) -> Respon
     )
 
 
-def cached_teacher_logprobs(cache: TeacherCache, student: ResponseHidden, ids: list[str]) -> torch.Tensor:
-    """``[N, V]`` teacher log-probs for a batch from the top-k cache (rows checked at collation)."""
-    from taid_vlm.cache import dense_logprobs
-
+def cached_teacher_logprobs(cache: TeacherCache, student: ResponseHidden, ids: list[str]) -> TopKLogprobs:
+    """A batch's teacher rows from the top-k cache (rows checked at collation), on the student's
+    device. Sparse: the fused loss densifies one chunk at a time, never ``[N, V]``."""
     rows = cache.rows(ids)
-    dense = dense_logprobs(rows["topk_ids"], rows["topk_logprobs"], rows["rest_mass"], student.weight.shape[0])
-    return dense.to(student.hidden.device)
+    return TopKLogprobs(rows["topk_ids"], rows["topk_logprobs"], rows["rest_mass"],
+                        student.weight.shape[0]).to(student.hidden.device)
 
 
 def teacher_side(parts: RunParts, student: ResponseHidden, batch: dict[str, Any]
-                 ) -> tuple[ResponseHidden | None, torch.Tensor | None]:
-    """``(teacher rows, None)`` from a live teacher, ``(None, log-probs [N, V])`` from a cache, or
+                 ) -> tuple[ResponseHidden | None, TopKLogprobs | None]:
+    """``(teacher rows, None)`` from a live teacher, ``(None, top-k rows)`` from a cache, or
     ``(None, None)`` without a teacher (sft). Teacher/student alignment was checked at collation."""
     if parts.teacher is not None:
         return teacher_response(parts.teacher, batch["teacher"]), None
@@ -93,7 +92,7 @@ def compute_losses(
     distil_ratio: float = 1.0,
     fused: bool = True,
     chunk_size: int = 1024,
-    teacher_logits: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | TopKLogprobs | None = None,
 ) -> dict[str, torch.Tensor]:
     """Losses of one micro-batch as sums over its N response tokens.
 
@@ -101,7 +100,8 @@ def compute_losses(
         student: student response rows (``hidden [N, H]``, ``weight [V, H]``).
         teacher: teacher response rows (``hidden [N, Ht]``) or None (sft, or a cache).
         loss_fn: a ``taid_vlm.losses.DistillLoss``.
-        teacher_logits: ``[N, V]`` teacher logits/log-probs from a cache, instead of ``teacher``.
+        teacher_logits: ``[N, V]`` teacher logits/log-probs, or a cache's ``TopKLogprobs`` (sparse on
+            the fused path; densified on the full path), instead of ``teacher``.
     Returns:
         ``{"loss", "distil_loss", "lm_loss", **loss_fn stats}``, scalar sums; ``loss`` carries grad:
         ``(1 - distil_ratio) * lm + distil_ratio * distil`` (``lm`` alone for sft).
@@ -121,6 +121,8 @@ def compute_losses(
     lm = nn.functional.cross_entropy(s_logits.float(), student.targets, reduction="sum")
     if loss_fn.needs_teacher:
         t_logits = teacher.logits() if teacher is not None else teacher_logits
+        if isinstance(t_logits, TopKLogprobs):
+            t_logits = t_logits.dense()
         distil = loss_fn(s_logits, t_logits, labels=student.targets, reduction="sum")
     else:
         distil = torch.zeros((), device=lm.device)

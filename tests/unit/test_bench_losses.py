@@ -26,4 +26,4 @@ def test_quick_benchmark_writes_json_and_png(tmp_path):
     assert len(report["ratios"]) == 1
     for r in report["ratios"]:
         assert r["loss_abs_diff"] < 1e-4 and r["mem_ratio"] >= 0 and r["time_ratio"] > 0
-    assert report["target"]["mem_ratio_max"] == 0.15
+    assert report["target"]["mem_ratio_max"] == 0.10
