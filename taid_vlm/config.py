@@ -75,6 +75,11 @@ class StudentConfig(ModelConfig):
 class TeacherConfig(ModelConfig):
     cache: str | None = None
     """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded."""
+    tokenizer_alignment: str = "shared"
+    """How teacher and student response tokens are matched: shared (one tokenizer, checked at start-up),
+    byte_aligned (character spans of the same response text: divergence on the shared vocabulary where
+    tokens match one-to-one, merged span probabilities elsewhere) or uld (sorted probabilities per
+    response position, any two tokenizers). TAID interpolates after the teacher is mapped."""
 
 
 @dataclass
@@ -295,12 +300,28 @@ class Config:
     def __post_init__(self) -> None:
         self.check()
 
+    def _check_alignment(self) -> None:
+        from taid_vlm.data.alignment import MODES
+        from taid_vlm.losses import LOSSES
+
+        mode = self.teacher.tokenizer_alignment
+        _check(mode in MODES, "teacher.tokenizer_alignment", f"must be one of {MODES}, got {mode!r}")
+        if mode == "shared" or not self.loss.needs_teacher:
+            return
+        _check(not self.teacher.cache, "teacher.tokenizer_alignment",
+               f"{mode} needs a live teacher: the teacher cache stores top-k ids in the student's vocabulary "
+               "(cross-tokenizer caches are not supported yet); remove teacher.cache or use shared")
+        _check(not LOSSES[self.loss.name].needs_labels, "teacher.tokenizer_alignment",
+               f"{mode} cannot be used with loss {self.loss.name!r}, which needs target ids in one vocabulary; "
+               "choose a divergence (taid, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd)")
+
     def check(self) -> None:
         """Validate every section; raises ConfigError naming the first bad field."""
         self.student.check("student")
         self.loss.check()
         if self.loss.needs_teacher and not self.teacher.cache:
             self.teacher.check("teacher")
+        self._check_alignment()
         self.data.check()
         self.train.check()
         self.sampling.check(self)

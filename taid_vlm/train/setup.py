@@ -102,9 +102,15 @@ def _build_adapters(cfg: Config, device: torch.device) -> tuple[Adapter, Adapter
             # A teacher built from a config shares the student's tokenizer (required anyway).
             teacher_kwargs["tokenizer"] = student.tokenizer
         teacher = build_adapter(**teacher_kwargs)
-        from taid_vlm.adapters.checks import check_tokenizers
+        if cfg.teacher.tokenizer_alignment == "shared":
+            from taid_vlm.adapters.checks import check_tokenizers
 
-        check_tokenizers(teacher.tokenizer, student.tokenizer)
+            try:
+                check_tokenizers(teacher.tokenizer, student.tokenizer)
+            except ValueError as err:
+                raise ConfigError(f"teacher.tokenizer_alignment: shared needs one tokenizer; {err}\n"
+                                  "to distil across tokenizers set teacher.tokenizer_alignment to "
+                                  "byte_aligned or uld") from None
         # The teacher is frozen: eval mode, no grads, never wrapped for DDP.
         teacher.model.to(device).eval().requires_grad_(False)
     return student, teacher
@@ -142,8 +148,21 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         raise ConfigError("student: the training data has images but the student family "
                           f"{student.name!r} takes text only; use a VLM or composed student")
     collate = PairCollator(student, teacher, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict,
-                           teacher_cache=cache)
+                           teacher_cache=cache, aligner=_aligner(cfg, student, teacher))
     return samples, val, collate, report
+
+
+def _aligner(cfg: Config, student: Adapter, teacher: Adapter | None):
+    """The cross-tokenizer ``Aligner`` (None for ``shared``); a pair the mode cannot use fails here."""
+    mode = cfg.teacher.tokenizer_alignment
+    if teacher is None or mode == "shared":
+        return None
+    from taid_vlm.data.alignment import Aligner
+
+    try:
+        return Aligner(mode, teacher.tokenizer, student.tokenizer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:
