@@ -115,3 +115,20 @@ def test_modes_the_run_cannot_use_fail_at_start_up(tmp_path, xtok_env, capsys, e
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "teacher.tokenizer_alignment" in err and message in err
+
+
+def test_cross_tokenizer_study_quick(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "eval" / "cross_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("eval_cross_tokenizer", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out")]) == 0
+    rep = json.loads((tmp_path / "out" / "cross_tokenizer.json").read_text())
+    assert [r["alignment"] for r in rep["runs"]] == ["shared", "byte_aligned", "uld", "shared"]
+    for r in rep["runs"]:
+        assert 0 < r["nll_per_char"] < 10 and 0 <= r["exact_match"] <= 100
+    byte = rep["runs"][1]["shares_last_step"]
+    assert byte["xtok_one_to_one"] + byte["xtok_merged"] + byte["xtok_unaligned"] == pytest.approx(1.0)
+    assert "| student |" in (tmp_path / "out" / "cross_tokenizer.md").read_text()
