@@ -104,19 +104,49 @@ def shared_vocab(teacher_tok: Any, student_tok: Any) -> tuple[torch.Tensor, torc
 def char_ends(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
     """Decoded text of ``ids`` (special tokens skipped) and the end character of each token in it.
 
-    Ends come from decoding growing prefixes (any tokenizer, O(R^2) decodes of short responses). A
-    token whose prefix text is not a prefix of the whole text (it ends inside a multi-byte
-    character, or a decoder cleans up spaces) gets the previous end: it cannot close a group alone.
-    Special tokens (end of turn) have zero width.
+    Special tokens (end of turn) have zero width. A fast tokenizer's offset mapping gives the ends
+    in one pass when re-tokenizing the text gives back the same ids; otherwise ``prefix_ends``.
     """
     text = tokenizer.decode(ids, skip_special_tokens=True)
+    ends = offset_ends(tokenizer, ids, text)
+    return text, (ends if ends is not None else prefix_ends(tokenizer, ids, text))
+
+
+def offset_ends(tokenizer: Any, ids: list[int], text: str) -> list[int] | None:
+    """Token ends from the offset mapping of ``text`` re-tokenized, or None when that does not give
+    back ``ids`` (a token inside the chat template may merge differently) or the ends are not
+    strictly increasing (tokens sharing a multi-byte character share its offsets)."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    special = set(tokenizer.all_special_ids)
+    plain = [i for i in ids if i not in special]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != plain:
+        return None
+    plain_ends = [int(e) for _, e in enc["offset_mapping"]]
+    if any(b <= a for a, b in zip(plain_ends, plain_ends[1:])) or (plain_ends and plain_ends[-1] != len(text)):
+        return None
+    out, k, last = [], 0, 0
+    for i in ids:
+        if i not in special:
+            last, k = plain_ends[k], k + 1
+        out.append(last)
+    return out
+
+
+def prefix_ends(tokenizer: Any, ids: list[int], text: str) -> list[int]:
+    """Token ends from decoding growing prefixes (any tokenizer; O(R^2) decodes).
+
+    A token whose prefix text is not a prefix of the whole text (it ends inside a multi-byte
+    character, or a decoder cleans up spaces) gets the previous end: it cannot close a group alone.
+    """
     ends, last = [], 0
     for k in range(1, len(ids) + 1):
         prefix = tokenizer.decode(ids[:k], skip_special_tokens=True)
         if text.startswith(prefix) and not prefix.endswith("\ufffd") and len(prefix) >= last:
             last = len(prefix)
         ends.append(last)
-    return text, ends
+    return ends
 
 
 def span_groups(t_ends: list[int], s_ends: list[int]) -> list[tuple[int, int, int, int]]:

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from taid_vlm.adapters.base import ResponseHidden
-from taid_vlm.data.alignment import Aligner, char_ends, shared_vocab, span_groups, token_strings
+from taid_vlm.data.alignment import (
+    Aligner,
+    char_ends,
+    offset_ends,
+    prefix_ends,
+    shared_vocab,
+    span_groups,
+    token_strings,
+)
 from taid_vlm.data.types import IGNORE_INDEX, SkipSample
 from taid_vlm.losses import LOSS_NAMES, get_loss
 from taid_vlm.losses.cross_tokenizer import map_to_student_vocab, rank_logprobs, span_outcome_logits
@@ -72,6 +80,19 @@ def test_identical_texts_give_aligned_spans(tiny_tokenizer, other_tokenizer):
             assert (t1, s1) == (nxt[0], nxt[2])
     assert any(t1 - t0 == 1 and s1 - s0 == 1 for t0, t1, s0, s1 in groups)
     assert any(s1 - s0 > 1 for t0, t1, s0, s1 in groups)  # "12" is one token on one side, two on the other
+
+
+@pytest.mark.parametrize("text", [TEXT, "Ünïcödé 日本語 🙂 ok", "a  b\n\nc"])
+def test_offset_mapping_ends_equal_prefix_decoding(tiny_tokenizer, other_tokenizer, text):
+    for tok in (tiny_tokenizer, other_tokenizer):
+        ids = tok(text)["input_ids"] + [tok.eos_token_id]
+        decoded = tok.decode(ids, skip_special_tokens=True)
+        fast, slow = offset_ends(tok, ids, decoded), prefix_ends(tok, ids, decoded)
+        assert slow[-1] == slow[-2] == len(decoded)  # the end-of-turn token has zero width
+        assert fast is None or fast == slow, (tok.convert_ids_to_tokens(ids), fast, slow)
+    # Plain ASCII text takes the one-pass offset path.
+    ids = tiny_tokenizer(TEXT)["input_ids"]
+    assert offset_ends(tiny_tokenizer, ids, TEXT) is not None
 
 
 def test_same_tokenizer_aligns_one_to_one(tiny_tokenizer):
