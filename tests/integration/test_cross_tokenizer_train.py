@@ -132,3 +132,24 @@ def test_cross_tokenizer_study_quick(tmp_path):
     byte = rep["runs"][1]["shares_last_step"]
     assert byte["xtok_one_to_one"] + byte["xtok_merged"] + byte["xtok_unaligned"] == pytest.approx(1.0)
     assert "| student |" in (tmp_path / "out" / "cross_tokenizer.md").read_text()
+
+
+def test_vlm_student_with_another_tokenizer_trains(tmp_path, run_env):
+    """A composed (VLM) student whose tokenizer differs from the composed teacher's, byte_aligned."""
+    from taid_vlm.data.synthetic import synthetic_corpus
+    from taid_vlm.data.tokenizer import train_bpe_tokenizer
+
+    from .conftest import STUDENT, write_config
+
+    tok = train_bpe_tokenizer(synthetic_corpus(Path(run_env["root"]) / "data"), vocab_size=400,
+                              pre_tokenizer="split_digits_punct")
+    tok.save_pretrained(tmp_path / "tok_b")
+    cfg_path = write_config(tmp_path / "c.yaml", run_env, max_steps=2)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["student"] = {"family": "composed", "config": STUDENT, "tokenizer": str(tmp_path / "tok_b")}
+    cfg["teacher"]["tokenizer_alignment"] = "byte_aligned"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(cfg_path)]) == 0
+    log = read_jsonl(tmp_path / "out" / "logs" / "train.jsonl")
+    assert len(log) == 2 and all(r["distil_loss"] > 0 and r["xtok_one_to_one"] > 0 for r in log)
+    assert all(r["xtok_one_to_one"] + r["xtok_merged"] == pytest.approx(1.0) for r in log)
