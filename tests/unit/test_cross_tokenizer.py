@@ -285,3 +285,40 @@ def test_merged_groups_weigh_by_student_tokens(tiny_tokenizer, other_tokenizer):
     pt = torch.zeros(g).index_add(0, batch.span_t_group, t_lp[batch.span_t]).exp()
     kl = pt * (pt.log() - ps.log()) + (1 - pt) * ((1 - pt).log() - (1 - ps).log())
     torch.testing.assert_close(full - pairs, (kl * batch.span_w).sum(), rtol=1e-4, atol=1e-6)
+
+
+class _StubAdapter:
+    """encode/collate only: the response text is ``answers[sample.id]`` in this adapter's tokenizer."""
+
+    def __init__(self, tok, answers):
+        self.tokenizer, self.answers = tok, answers
+
+    def encode(self, sample, max_length):
+        return _enc(self.tokenizer, self.answers[sample.id])
+
+    def collate(self, encodings):
+        from taid_vlm.adapters.text import pad_right
+
+        return pad_right([{**e, "attention_mask": torch.ones_like(e["input_ids"])} for e in encodings], 0)
+
+
+def test_collator_skips_unalignable_samples_and_counts_them(tiny_tokenizer, other_tokenizer):
+    from taid_vlm.data.collate import PairCollator
+    from taid_vlm.data.report import DataReport
+    from taid_vlm.data.types import Sample
+
+    samples = [Sample(id=str(i), messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+               for i in range(3)]
+    student = _StubAdapter(other_tokenizer, {"0": TEXT, "1": "The circle is red.", "2": ""})
+    teacher = _StubAdapter(tiny_tokenizer, {"0": TEXT, "1": "The square is red.", "2": ""})
+    report = DataReport()
+    coll = PairCollator(student, teacher, max_length=256, report=report,
+                        aligner=Aligner("byte_aligned", tiny_tokenizer, other_tokenizer))
+    batch = coll(samples)
+    assert batch["ids"] == ["0"] and dict(report.skipped) == {"xtok_text_mismatch": 1, "xtok_no_text": 1}
+    n_s = int((batch["student"]["labels"][:, 1:] != IGNORE_INDEX).sum())
+    counts = batch["alignment"].counts
+    assert counts["xtok_one_to_one"] + counts["xtok_merged"] == n_s == batch["num_tokens"]
+    with pytest.raises(SkipSample, match="sample '1'"):
+        PairCollator(student, teacher, max_length=256, strict=True,
+                     aligner=Aligner("byte_aligned", tiny_tokenizer, other_tokenizer))(samples)
