@@ -17,9 +17,9 @@ from taid_vlm.data.alignment import (
     prefix_ends,
     shared_vocab,
     span_groups,
-    token_strings,
 )
 from taid_vlm.data.types import IGNORE_INDEX, SkipSample
+from taid_vlm.data.vocab_map import token_strings
 from taid_vlm.losses import LOSS_NAMES, get_loss
 from taid_vlm.losses.cross_tokenizer import map_to_student_vocab, rank_logprobs, span_outcome_logits
 from taid_vlm.train.cross_step import cross_tokenizer_losses
