@@ -322,3 +322,38 @@ def test_collator_skips_unalignable_samples_and_counts_them(tiny_tokenizer, othe
     with pytest.raises(SkipSample, match="sample '1'"):
         PairCollator(student, teacher, max_length=256, strict=True,
                      aligner=Aligner("byte_aligned", tiny_tokenizer, other_tokenizer))(samples)
+
+
+def test_chunked_path_keeps_no_full_logits_for_backward(tiny_tokenizer, other_tokenizer, monkeypatch):
+    """Logits are formed at most ``chunk_size`` rows at a time, and under checkpointing no [*, V]
+    logits stay saved for backward (the full path, for contrast, keeps several per row)."""
+    import taid_vlm.train.cross_step as cs
+
+    al = Aligner("byte_aligned", tiny_tokenizer, other_tokenizer)
+    batch, ts, tt = _batch(al, [TEXT, TEXT + " And 7 more.", "There are 12 shapes."], other_tokenizer, tiny_tokenizer)
+    t = _rows(len(tt), len(tiny_tokenizer), 12, 1, tt)
+    sizes = []
+    real = cs.rows_logits
+
+    def spy(rows):
+        at = real(rows)
+        return lambda idx: (sizes.append(int(idx.numel())), at(idx))[1]
+
+    monkeypatch.setattr(cs, "rows_logits", spy)
+    saved = {}
+    for fused in (True, False):
+        s = _rows(len(ts), len(other_tokenizer), 8, 0, ts, grad=True)
+        big = []
+
+        def pack(x, big=big):
+            if x.dim() == 2 and x.shape[-1] in (len(tiny_tokenizer), len(other_tokenizer)):
+                big.append(x.shape[0])
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            out = cs.cross_tokenizer_losses(s, t, batch, get_loss("taid", t=0.5), fused=fused, chunk_size=4)
+        out["loss"].backward()
+        saved[fused] = sum(big)
+        if fused:
+            assert max(sizes) <= 4 and len(ts) > 4
+    assert saved[True] == 0 and saved[False] >= len(ts)
