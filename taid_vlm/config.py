@@ -309,7 +309,7 @@ class Config:
         if mode == "shared" or not self.loss.needs_teacher:
             return
         _check(not self.teacher.cache, "teacher.tokenizer_alignment",
-               f"{mode} needs a live teacher: the teacher cache stores top-k ids in the student's vocabulary "
+               f"{mode} needs a live teacher: training reads a teacher cache in the student's vocabulary "
                "(cross-tokenizer caches are not supported yet); remove teacher.cache or use shared")
         _check(not LOSSES[self.loss.name].needs_labels, "teacher.tokenizer_alignment",
                f"{mode} cannot be used with loss {self.loss.name!r}, which needs target ids in one vocabulary; "
