@@ -8,7 +8,7 @@ with TAID for the same number of steps: one with tokenizer A (``shared``), one w
 (same corpus, another vocabulary size and pre-tokenizer) in ``byte_aligned`` and in ``uld`` mode,
 and an SFT student with tokenizer B (no teacher) as the floor. Scores on the validation answers are
 tokenizer-independent: the negative log-likelihood per character of the reference answer and the
-exact match of the greedy answer. Writes ``cross_tokenizer.json`` and ``cross_tokenizer.md``.
+exact match of the greedy answer. Writes ``cross_tokenizer.json``, ``cross_tokenizer.md`` and ``cross_tokenizer.png``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,26 @@ def _train(work: Path, name: str, section: dict, data: dict, steps: int, loss: s
     if cli(["train", str(work / f"{name}.yaml")]) != 0:
         raise RuntimeError(f"run {name} failed")
     return out
+
+
+def _plot(runs: list[dict], teacher: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["teacher", *[r["name"] for r in runs]]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 3.5), sharey=True)
+    colors = ["tab:gray", *["tab:blue" if r["alignment"] == "shared" and r["loss"] != "sft" else
+                            "tab:olive" if r["loss"] == "sft" else "tab:red" for r in runs]]
+    ax.barh(names, [teacher["nll_per_char"], *[r["nll_per_char"] for r in runs]], color=colors)
+    ax.set(xlabel="NLL per character of the reference answers (lower is better)")
+    bx.barh(names, [teacher["exact_match"], *[r["exact_match"] for r in runs]], color=colors)
+    bx.set(xlabel="exact match %")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _text(content) -> str:
@@ -133,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         sh = r["shares_last_step"]
         share = f"{sh['xtok_one_to_one']:.2f} / {sh['xtok_merged']:.2f}" if sh else ""
         rows.append(f"| {r['name']} | {r['nll_per_char']:.3f} | {r['exact_match']:.1f} | {share} |")
-    write_study(args.output, "cross_tokenizer", "Cross-tokenizer vs same-tokenizer students", rep, "\n".join(rows))
+    out = write_study(args.output, "cross_tokenizer", "Cross-tokenizer vs same-tokenizer students", rep,
+                      "\n".join(rows))
+    _plot(runs, teacher_score, out / "cross_tokenizer.png")
     return 0
 
 

@@ -132,6 +132,7 @@ def test_cross_tokenizer_study_quick(tmp_path):
     byte = rep["runs"][1]["shares_last_step"]
     assert byte["xtok_one_to_one"] + byte["xtok_merged"] + byte["xtok_unaligned"] == pytest.approx(1.0)
     assert "| student |" in (tmp_path / "out" / "cross_tokenizer.md").read_text()
+    assert (tmp_path / "out" / "cross_tokenizer.png").is_file()
 
 
 def test_vlm_student_with_another_tokenizer_trains(tmp_path, run_env):
