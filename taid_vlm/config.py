@@ -114,6 +114,11 @@ class TeacherConfig(ModelConfig):
         if self.quantization != "none":
             _check(self.dtype != "float32", "teacher.dtype",
                    "quantized weight-only kernels run in bfloat16/float16; set teacher.dtype=bfloat16")
+    tokenizer_alignment: str = "shared"
+    """How teacher and student response tokens are matched: shared (one tokenizer, checked at start-up),
+    byte_aligned (character spans of the same response text: divergence on the shared vocabulary where
+    tokens match one-to-one, merged span probabilities elsewhere) or uld (sorted probabilities per
+    response position, any two tokenizers). TAID interpolates after the teacher is mapped."""
 
 
 @dataclass
@@ -376,6 +381,21 @@ class Config:
     def __post_init__(self) -> None:
         self.check()
 
+    def _check_alignment(self) -> None:
+        from taid_vlm.data.alignment import MODES
+        from taid_vlm.losses import LOSSES
+
+        mode = self.teacher.tokenizer_alignment
+        _check(mode in MODES, "teacher.tokenizer_alignment", f"must be one of {MODES}, got {mode!r}")
+        if mode == "shared" or not self.loss.needs_teacher:
+            return
+        _check(not self.teacher.cache, "teacher.tokenizer_alignment",
+               f"{mode} needs a live teacher: training reads a teacher cache in the student's vocabulary "
+               "(cross-tokenizer caches are not supported yet); remove teacher.cache or use shared")
+        _check(not LOSSES[self.loss.name].needs_labels, "teacher.tokenizer_alignment",
+               f"{mode} cannot be used with loss {self.loss.name!r}, which needs target ids in one vocabulary; "
+               "choose a divergence (taid, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd)")
+
     def check(self) -> None:
         """Validate every section; raises ConfigError naming the first bad field."""
         self.student.check("student")
@@ -383,6 +403,7 @@ class Config:
         if self.loss.needs_teacher and not self.teacher.cache:
             self.teacher.check("teacher")
         self.teacher.check_placement(self.student.dtype)
+        self._check_alignment()
         self.data.check()
         self.train.check()
         self.sampling.check(self)

@@ -106,6 +106,8 @@ class PairCollator:
         strict: re-raise ``SkipSample`` instead of skipping.
         teacher_cache: a ``TeacherCache`` standing in for the teacher; each sample's response ids
             are checked against the ids the cache was written for.
+        aligner: a ``data.alignment.Aligner`` when the two tokenizers differ: it replaces the
+            same-ids check, may skip a sample (``xtok_*`` reasons) and adds ``"alignment"`` to the batch.
     Returns per call: ``student``/``teacher`` are the adapters' padded batches (``labels [B, L]``
     with -100 outside responses), ``ids`` the kept sample ids in order, ``num_tokens`` the number of
     response tokens the student predicts (``labels[:, 1:] != -100``), ``skipped`` the
@@ -118,8 +120,10 @@ class PairCollator:
     """
 
     def __init__(self, student: Any, teacher: Any = None, *, max_length: int, report: DataReport | None = None,
-                 strict: bool = False, teacher_max_length: int | None = None, teacher_cache: Any = None) -> None:
+                 strict: bool = False, teacher_max_length: int | None = None, teacher_cache: Any = None,
+                 aligner: Any = None) -> None:
         self.student, self.teacher, self.teacher_cache = student, teacher, teacher_cache
+        self.aligner = aligner
         self.max_length = max_length
         self.teacher_max_length = teacher_max_length or max_length
         self.report = report if report is not None else DataReport()
@@ -138,13 +142,16 @@ class PairCollator:
     def encode(self, sample: Sample | BadRecord, skipped: list | None = None) -> tuple[dict, dict | None] | None:
         """Both sides' encodings of one sample, or ``None`` when skipped (counted, and appended to
         ``skipped`` as ``(sample_id, reason, detail)``). A ``BadRecord`` (a record that could not be
-        converted when the loader read it) is skipped the same way."""
+        converted when the loader read it) is skipped the same way. With an aligner, a third item: the
+        alignment."""
         if isinstance(sample, BadRecord):
             self._skip(sample.id, sample.reason, sample.detail, skipped)
             return None
         try:
             s = self.student.encode(sample, self.max_length)
             t = self.teacher.encode(sample, self.teacher_max_length) if self.teacher is not None else None
+            if self.aligner is not None and t is not None:
+                return s, t, self.aligner.align(sample.id, s, t)
         except SkipSample as skip:
             self._skip(sample.id, skip.reason, skip.detail, skipped)
             return None
@@ -160,19 +167,22 @@ class PairCollator:
         return s, t
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        enc_s, enc_t, ids, skipped = [], [], [], []
+        enc_s, enc_t, ids, skipped, aligned = [], [], [], [], []
         for sample in samples:
             pair = self.encode(sample, skipped)
             if pair is None:
                 continue
             enc_s.append(pair[0])
             enc_t.append(pair[1])
+            aligned.extend(pair[2:])
             ids.append(sample.id)
         if not ids:
             return {"student": None, "teacher": None, "ids": [], "num_tokens": 0, "skipped": skipped}
         batch = self.student.collate(enc_s)
         labels = batch["labels"]
+        extra = {"alignment": self.aligner.collate(aligned)} if aligned else {}
         return {
+            **extra,
             "student": batch,
             "teacher": self.teacher.collate(enc_t) if self.teacher is not None else None,
             "ids": ids,

@@ -45,24 +45,38 @@ CHATML_TEMPLATE = (
 )
 
 
+PRE_TOKENIZERS = ("byte_level", "split_digits_punct")
+
+
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1
+    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1, pre_tokenizer: str = "byte_level"
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
 
     Deterministic for the same texts and settings. The result has pad/eos/bos tokens, the
     ``<image>`` placeholder as a special token, and the ChatML template above; it saves and loads
     with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any HF tokenizer.
+    ``pre_tokenizer="split_digits_punct"`` also splits digits one by one and isolates punctuation
+    (as Llama-style tokenizers do), so a second tokenizer segments the same text differently
+    (cross-tokenizer distillation tests and studies).
     """
+    if pre_tokenizer not in PRE_TOKENIZERS:
+        raise ValueError(f"pre_tokenizer must be one of {PRE_TOKENIZERS}, got {pre_tokenizer!r}")
     tok = Tokenizer(models.BPE())
-    # Qwen2's normaliser and pre-tokeniser: transformers 5 loads any directory whose config says
-    # qwen2 with its own Qwen2Tokenizer, which rebuilds these two from fixed settings; with the
-    # same ones a saved student tokenizes identically whichever class loads it.
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    if pre_tokenizer == "split_digits_punct":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Punctuation(),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
+    else:
+        # Qwen2's normaliser and pre-tokeniser: transformers 5 loads any directory whose config says
+        # qwen2 with its own Qwen2Tokenizer, which rebuilds these two from fixed settings; with the
+        # same ones a saved student tokenizes identically whichever class loads it.
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

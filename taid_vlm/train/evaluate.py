@@ -41,7 +41,7 @@ def validation_loss(trainer: Trainer) -> dict[str, float]:
             else:
                 teacher_rows, teacher_logits = teacher_side(p, s, batch)
                 out = compute_losses(s, teacher_rows, p.loss_fn, distil_ratio=cfg.loss.distil_ratio, fused=False,
-                                     teacher_logits=teacher_logits)
+                                     teacher_logits=teacher_logits, alignment=batch.get("alignment"))
             tokens = torch.tensor([float(batch["num_tokens"])], device=acc.device)
             sums += torch.cat([stack_sums(out, keys, acc.device), tokens])
     sums = acc.reduce(sums, reduction="sum")

@@ -64,7 +64,10 @@ class Trainer:
         self.log = RunLogger(self.out, self.acc, cfg, enabled=self.acc.is_main_process)
         self.launch = launch_summary(self.acc, cfg)
         self.log.info("launch: " + ", ".join(f"{k}={v}" for k, v in self.launch.items()))
-        self.keys = step_keys(self.parts.loss_fn)  # the named sums of a step, in all-reduce order
+        # Cross-tokenizer runs also sum the share of student tokens per alignment case (logged).
+        aligner = getattr(self.parts.collate, "aligner", None)
+        self.extra_keys: tuple[str, ...] = aligner.stat_keys if aligner is not None else ()
+        self.keys = (*step_keys(self.parts.loss_fn), *self.extra_keys)  # the named sums of a step, in all-reduce order
         self.loss_logs: dict[str, float] = {}
         self.step = 0
         self.nonfinite_total = 0
@@ -86,6 +89,7 @@ class Trainer:
                 out = compute_losses(
                     s, teacher_rows, p.loss_fn, distil_ratio=self.cfg.loss.distil_ratio, fused=self.cfg.loss.fused,
                     chunk_size=self.cfg.loss.chunk_size, teacher_logits=teacher_logits,
+                    alignment=batch.get("alignment"),
                 )
             except NonFiniteError:
                 # Diverged logits: this step is skipped (counted as non-finite).
@@ -158,7 +162,7 @@ class Trainer:
             loss_logs = {**loss_logs, "loss_state_spread": float(torch.nan_to_num(vals.amax(0) - vals.amin(0)).max())}
         dt = time.perf_counter() - t0
         return {
-            **{k: means[k] for k in BASE_KEYS}, "grad_norm": grad_norm,
+            **{k: means[k] for k in (*BASE_KEYS, *self.extra_keys)}, "grad_norm": grad_norm,
             "lr": p.scheduler.get_last_lr()[0], "tokens": float(n_global), "tokens_per_s": float(n_global) / dt,
             "skipped_nonfinite": self.nonfinite_total,
             **loss_logs,

@@ -183,9 +183,15 @@ def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | N
             teacher_kwargs["tokenizer"] = student.tokenizer
         teacher = build_adapter(**teacher_kwargs)
         check_finite_weights(teacher.model, "teacher.path" if cfg.teacher.path else "teacher.config")
-        from taid_vlm.adapters.checks import check_tokenizers
+        if cfg.teacher.tokenizer_alignment == "shared":
+            from taid_vlm.adapters.checks import check_tokenizers
 
-        check_tokenizers(teacher.tokenizer, student.tokenizer)
+            try:
+                check_tokenizers(teacher.tokenizer, student.tokenizer)
+            except ValueError as err:
+                raise ConfigError(f"teacher.tokenizer_alignment: shared needs one tokenizer; {err}\n"
+                                  "to distil across tokenizers set teacher.tokenizer_alignment to "
+                                  "byte_aligned or uld") from None
         # The teacher is frozen: eval mode, no grads, never wrapped for DDP; placed as configured.
         from taid_vlm.train.placement import place_teacher
 
@@ -238,7 +244,7 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
 
     def make_collate() -> PairCollator:
         return PairCollator(student, teacher, max_length=d.max_length, report=report, strict=d.strict,
-                            teacher_cache=cache)
+                            teacher_cache=cache, aligner=_aligner(cfg, student, teacher))
 
     if cache is not None or cfg.sampling.mode != "none":
         # With a cache, bad images are found now, as the cache writer found them (else they would
@@ -272,6 +278,19 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         plan = MicroBatchPlan(len(data_items), cfg.train.batch_size, acc.num_processes, acc.process_index,
                               cfg.train.seed)
     return data_items, val, collate, report, plan
+
+
+def _aligner(cfg: Config, student: Adapter, teacher: Adapter | None):
+    """The cross-tokenizer ``Aligner`` (None for ``shared``); a pair the mode cannot use fails here."""
+    mode = cfg.teacher.tokenizer_alignment
+    if teacher is None or mode == "shared":
+        return None
+    from taid_vlm.data.alignment import Aligner
+
+    try:
+        return Aligner(mode, teacher.tokenizer, student.tokenizer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:

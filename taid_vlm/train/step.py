@@ -93,6 +93,7 @@ def compute_losses(
     fused: bool = True,
     chunk_size: int = 1024,
     teacher_logits: torch.Tensor | TopKLogprobs | None = None,
+    alignment: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Losses of one micro-batch as sums over its N response tokens.
 
@@ -102,6 +103,7 @@ def compute_losses(
         loss_fn: a ``taid_vlm.losses.DistillLoss``.
         teacher_logits: ``[N, V]`` teacher logits/log-probs, or a cache's ``TopKLogprobs`` (sparse on
             the fused path; densified on the full path), instead of ``teacher``.
+        alignment: the batch's ``BatchAlignment`` when the tokenizers differ (``train/cross_step.py``).
     Returns:
         ``{"loss", "distil_loss", "lm_loss", **loss_fn stats}``, scalar sums; ``loss`` carries grad:
         ``(1 - distil_ratio) * lm + distil_ratio * distil`` (``lm`` alone for sft).
@@ -109,6 +111,11 @@ def compute_losses(
     from taid_vlm.losses import fused_linear_losses
 
     ratio = 0.0 if not loss_fn.needs_teacher else distil_ratio
+    if alignment is not None and teacher is not None and loss_fn.needs_teacher:
+        from taid_vlm.train.cross_step import cross_tokenizer_losses
+
+        return cross_tokenizer_losses(student, teacher, alignment, loss_fn, distil_ratio=ratio, fused=fused,
+                                      chunk_size=chunk_size)
     can_fuse = fused and student.plain_linear and (teacher is None or teacher.plain_linear)
     if can_fuse:
         return fused_linear_losses(
