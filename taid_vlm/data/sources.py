@@ -103,9 +103,11 @@ def _iter_file(path: Path, text_column: str) -> Iterator[tuple[Any, str | None]]
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line), line.strip()
-                except json.JSONDecodeError as err:
-                    yield _skip_row("bad_record", f"line {n + 1}: {err}"), None
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested too deep
+                    yield _skip_row("bad_record", f"line {n + 1}: {str(err)[:200]}"), None
+                    continue
+                yield record, line.strip()
         elif path.suffix == ".txt":
             para: list[str] = []
             for line in fh:

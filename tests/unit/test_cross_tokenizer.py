@@ -52,7 +52,7 @@ def permuted_tokenizer(tok, seed=0):
     spec["model"]["vocab"] = {k: perm.get(i, i) for k, i in vocab.items()}
     new = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token=tok.bos_token,
                                   eos_token=tok.eos_token, pad_token=tok.pad_token,
-                                  additional_special_tokens=tok.additional_special_tokens)
+                                  extra_special_tokens=tok.extra_special_tokens)  # transformers 5 name
     new.chat_template = tok.chat_template
     return new, torch.tensor([perm.get(i, i) for i in range(len(tok))])  # student id -> teacher id
 
@@ -240,7 +240,7 @@ def test_chunked_equals_full_for_every_divergence(tiny_tokenizer, other_tokenize
         out = cross_tokenizer_losses(s, t, batch, loss, fused=fused, chunk_size=chunk, distil_ratio=0.8)
         values.append(torch.stack([out["loss"].detach(), out["distil_loss"], out["lm_loss"]]))
         grads.append(torch.autograd.grad(out["loss"], [s.hidden, s.weight]))
-    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(values[0], values[1], rtol=3e-5, atol=1e-6)  # fp32 sums in another order (ctkd scales by tau^2)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(values[0]).all() and float(values[0][1]) >= -1e-6

@@ -11,7 +11,7 @@ from taid_vlm.train.run_log import RunLogger, read_log
 
 
 def _logger(tmp_path):
-    cfg = SimpleNamespace(logging=SimpleNamespace(tensorboard=False))
+    cfg = SimpleNamespace(logging=SimpleNamespace(trackers=lambda: []))  # no accelerate tracker
     return RunLogger(tmp_path, accelerator=None, cfg=cfg, enabled=True)
 
 
