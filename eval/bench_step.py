@@ -87,15 +87,19 @@ def _tokenizer(vocab: int, out: Path):
         IMAGE_TOKEN,
         PAD_TOKEN,
         SPECIAL_TOKENS,
+        use_qwen2_pretokenization,
     )
 
     names = list(SPECIAL_TOKENS) + sorted(pre_tokenizers.ByteLevel.alphabet())
     names += [f"<unused{i}>" for i in range(vocab - len(names))]
     tok = Tokenizer(models.BPE(vocab={n: i for i, n in enumerate(names)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    use_qwen2_pretokenization(tok)  # reloads identically under transformers 5 (see the function)
     tok.decoder = decoders.ByteLevel()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=IM_END, pad_token=PAD_TOKEN,
-                                 additional_special_tokens=[IM_START, IMAGE_TOKEN], model_max_length=4096)
+    # Special tokens as train_bpe_tokenizer sets them (unk included), so that a saved teacher reloads
+    # with the same special tokens under transformers 5.
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, unk_token=BOS_TOKEN, eos_token=IM_END,
+                                 pad_token=PAD_TOKEN, extra_special_tokens=[IM_START, IMAGE_TOKEN],
+                                 model_max_length=4096)
     hf.chat_template = CHATML_TEMPLATE
     assert len(hf) == vocab, len(hf)
     hf.save_pretrained(out)
@@ -193,7 +197,7 @@ def build_rows(spec: dict, root: Path, only: list[str] | None = None) -> tuple[d
             tr.parts.teacher = teacher  # one frozen teacher in memory for every row (same weights)
         trainers[name] = tr
     samples = trainers["taid"].parts.samples
-    micro = [samples[j:j + spec["batch"]] for j in (0, spec["batch"])]
+    micro = [[samples[i] for i in range(j, j + spec["batch"])] for j in (0, spec["batch"])]  # a lazy view: no slices
     floor = Floor(trainers["taid"].cfg, teacher)
     rows = {"floor": (floor.step, [trainers["taid"].parts.collate(m) for m in micro])}
     for name, tr in trainers.items():

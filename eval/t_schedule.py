@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from taid_vlm.config import TAIDConfig
 from taid_vlm.demo.studies import open_study, provenance, score_summary, study_parser, write_study
+from taid_vlm.losses import TAIDSchedule
 from taid_vlm.train.run_log import read_log
 
 GRID = [  # (name, t_start, alpha, adaptive)
@@ -48,7 +48,7 @@ def _plot(runs: list[dict], path: Path) -> None:
 def _run_name(t0: float, alpha: float, adaptive: bool, seed: int) -> str | None:
     """Rows with TAID's default t_start/alpha are eval/methods.py's taid / taid_linear runs (None
     keeps their names, so a shared --work folder reuses them); the others get their own folder."""
-    default = TAIDConfig()
+    default = TAIDSchedule()  # the loss's own defaults (loss.taid.* unset)
     if (t0, alpha) == (default.t_start, default.alpha):
         return None
     return f"student_taid_t{t0}_a{alpha:g}{'' if adaptive else '_linear'}_s{seed}"

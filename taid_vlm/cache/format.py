@@ -46,10 +46,21 @@ def hash_path(path: str | Path) -> str:
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
-    """Hash of the full tokenizer definition (vocab, merges, special tokens)."""
+    """Hash of what decides the token ids: vocab, merges, added tokens, normaliser, pre-tokeniser.
+
+    The decoder, post-processor, padding and truncation settings are left out: they do not change
+    the ids of a text, and the class that loads a tokenizer may rewrite them (transformers 5 loads a
+    qwen2 checkpoint's tokenizer as Qwen2Tokenizer), which must not make a valid cache look stale.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return _sha(text.encode())
+    if backend is None:
+        return _sha(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    spec = json.loads(backend.to_str())
+    keep = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
+    # "" and None mean the same for a BPE's subword prefix / word suffix; loaders write either.
+    keep["model"] = {k: (None if v == "" else v) for k, v in (keep["model"] or {}).items()}
+    keep["added_tokens"] = sorted((t["id"], t["content"], t.get("special")) for t in spec.get("added_tokens", []))
+    return _sha(json.dumps(keep, sort_keys=True).encode())
 
 
 def fingerprint(*, data: str, tokenizer: Any, template: str | None, max_length: int,

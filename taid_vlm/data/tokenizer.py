@@ -48,6 +48,17 @@ CHATML_TEMPLATE = (
 PRE_TOKENIZERS = ("byte_level", "split_digits_punct")
 
 
+def use_qwen2_pretokenization(tok: Tokenizer) -> None:
+    """Qwen2's normaliser and pre-tokeniser on ``tok`` (in place): transformers 5 loads any directory
+    whose config says qwen2 with its own Qwen2Tokenizer, which rebuilds these two from fixed
+    settings; with the same ones a saved model tokenizes identically whichever class loads it."""
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1, pre_tokenizer: str = "byte_level"
 ) -> PreTrainedTokenizerFast:
@@ -69,14 +80,7 @@ def train_bpe_tokenizer(
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ])
     else:
-        # Qwen2's normaliser and pre-tokeniser: transformers 5 loads any directory whose config says
-        # qwen2 with its own Qwen2Tokenizer, which rebuilds these two from fixed settings; with the
-        # same ones a saved student tokenizes identically whichever class loads it.
-        tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        use_qwen2_pretokenization(tok)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
