@@ -66,7 +66,7 @@ class Study:
         """Train (or reuse) an SFT teacher; ``spec`` overrides the preset's architecture."""
         run = self.work / name
         cfg = train_config(run, self.paths, spec or self.preset["teacher"], self.preset["teacher_train"],
-                           "sft", seed, None)
+                           "sft", seed, None, train_file=self.paths["train_teacher"])
         stage_train(run, cfg, name)
         return run / "final"
 
