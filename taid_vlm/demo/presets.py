@@ -59,8 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer_vocab": 512,
         "teacher": _conv(32, 1, 128, 2, 32),
         "student": _conv(16, 1, 64, 2, 32),
-        "teacher_train": {"max_steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50},
-        "student_train": {"max_steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30},
+        "teacher_train": {"max_steps": 600, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30},
+        "student_train": {"max_steps": 300, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20},
         "eval": {"limit": 1000, "caption_limit": 300, "max_new_tokens": 8, "batch_size": 100},
     },
     # A few minutes in CI: same pipeline, smaller everything; the teacher still learns the task.

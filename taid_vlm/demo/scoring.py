@@ -106,6 +106,6 @@ def verdicts(diffs: dict[str, dict], labels: dict[str, str]) -> str:
         margin = d["vqa"]
         lines.append(f"- The best student ({labels.get(d['model'], d['model'])}) is "
                      f"{format_ci(margin, signed=True)} points of VQA accuracy above the blind prior: it "
-                     + ("uses the image." if margin["low"] >= 15 else
-                        "does not clear the blind prior by 15 points, so it barely uses the image."))
+                     + ("clears the blind prior by 15 points or more (lower bound of the interval)." if margin["low"] >= 15
+                        else "that is not a clear margin of 15 points (the interval's lower bound is below 15)."))
     return "\n".join(lines)
