@@ -169,8 +169,9 @@ class LossConfig:
     """Softmax temperature, given to the loss (TAID included); sft and ctkd refuse one other than 1."""
     fused: bool = True
     """Chunked LM-head + loss path that never holds [N, V] logits for all response tokens."""
-    chunk_size: int = 1024
-    """Rows per chunk in the fused path."""
+    chunk_size: int | str = "auto"
+    """Rows per chunk in the fused path, or "auto": as many as keep one fp32 [rows, V] buffer near
+    64 MiB (at most 1024), so memory stays flat at large vocabularies (losses.fused.chunk_rows)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Options per loss name, written in YAML as a block named after the loss inside `loss:`
     (`loss.taid.t_start=0.3`, `loss.gjsd.beta=0.5`); the block of `name` goes to get_loss. Every
@@ -185,7 +186,9 @@ class LossConfig:
         names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
         _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
-        _check(self.chunk_size >= 1, "loss.chunk_size", "must be >= 1")
+        _check(self.chunk_size == "auto" or (isinstance(self.chunk_size, int) and not isinstance(self.chunk_size, bool)
+                                              and self.chunk_size >= 1),
+               "loss.chunk_size", f"must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
         for loss_name, opts in self.options.items():
             _check(loss_name in LOSSES, f"loss.{loss_name}",
                    f"unknown key: neither a loss.* field nor a loss name ({names})")

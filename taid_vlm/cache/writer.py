@@ -17,6 +17,7 @@ from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from taid_vlm.cache.format import fingerprint, read_index, write_index, write_shard
+from taid_vlm.losses.fused import chunk_rows
 from taid_vlm.train.step import teacher_response
 
 
@@ -30,7 +31,7 @@ def topk_rows(logits: torch.Tensor, k: int, dtype: torch.dtype) -> dict[str, tor
 
 
 def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: int,
-                dtype: torch.dtype, chunk: int, device: torch.device) -> tuple[list[str], dict[str, torch.Tensor]]:
+                dtype: torch.dtype, chunk: int | str, device: torch.device) -> tuple[list[str], dict[str, torch.Tensor]]:
     ids: list[str] = []
     parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "rest_mass": [], "targets": []}
     counts: list[int] = []
@@ -39,8 +40,9 @@ def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: i
         if batch is None or batch.get("student") is None:
             continue
         rh = teacher_response(teacher, send_to_device(batch["student"], device))
-        for start in range(0, rh.hidden.shape[0], chunk):  # bounded [chunk, V] logits at a time
-            sl = slice(start, start + chunk)
+        rows = chunk_rows(chunk, rh.weight.shape[0])
+        for start in range(0, rh.hidden.shape[0], rows):  # bounded [chunk, V] logits at a time
+            sl = slice(start, start + rows)
             part = dataclasses.replace(rh, hidden=rh.hidden[sl], targets=rh.targets[sl],
                                        sample_index=rh.sample_index[sl])
             for key, v in topk_rows(part.logits(), k, dtype).items():

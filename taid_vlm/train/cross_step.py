@@ -15,6 +15,7 @@ from taid_vlm.adapters.base import ResponseHidden
 from taid_vlm.data.alignment import BatchAlignment
 from taid_vlm.losses import DistillLoss
 from taid_vlm.losses.cross_tokenizer import lm_loss, merged_loss, pair_loss
+from taid_vlm.losses.fused import chunk_rows
 
 
 def rows_logits(rows: ResponseHidden):
@@ -31,7 +32,7 @@ def rows_logits(rows: ResponseHidden):
 
 def cross_tokenizer_losses(student: ResponseHidden, teacher: ResponseHidden, alignment: BatchAlignment,
                            loss_fn: DistillLoss, *, distil_ratio: float = 1.0, fused: bool = True,
-                           chunk_size: int = 1024) -> dict[str, torch.Tensor]:
+                           chunk_size: int | str = "auto") -> dict[str, torch.Tensor]:
     """Losses of one micro-batch as sums: ``{"loss", "distil_loss", "lm_loss", **stats, **xtok counts}``.
 
     Args:
@@ -43,7 +44,8 @@ def cross_tokenizer_losses(student: ResponseHidden, teacher: ResponseHidden, ali
     dev = student.hidden.device
     al = alignment.to(dev)
     ckpt = fused and torch.is_grad_enabled()
-    chunk = chunk_size if fused else max(1, student.hidden.shape[0], teacher.hidden.shape[0])
+    vocab = max(student.weight.shape[0], teacher.weight.shape[0])  # each chunk holds [C, V_t] + [C, V_s]
+    chunk = chunk_rows(chunk_size, vocab) if fused else max(1, student.hidden.shape[0], teacher.hidden.shape[0])
     s_at, t_at = rows_logits(student), rows_logits(teacher)
     lm = lm_loss(s_at, student.targets, chunk_size=chunk, checkpointed=ckpt)
     vmap = (al.vocab_t, al.vocab_s) if al.mode == "byte_aligned" else None

@@ -91,7 +91,7 @@ def compute_losses(
     *,
     distil_ratio: float = 1.0,
     fused: bool = True,
-    chunk_size: int = 1024,
+    chunk_size: int | str = "auto",
     teacher_logits: torch.Tensor | TopKLogprobs | None = None,
     alignment: Any = None,
 ) -> dict[str, torch.Tensor]:
