@@ -1,6 +1,6 @@
 """Pre-training distillation at small scale: the shape of the paper's raw-text comparison.
 
-    python eval/pretrain_study.py                 # full: 3 seeds x 3 students, ~20 min on 2 quiet CPU cores
+    python eval/pretrain_study.py                 # full: 3 seeds x 3 students, about 5 min on 2 quiet CPU cores
     python eval/pretrain_study.py --quick         # a few steps, 1 seed (used by a test)
     python eval/pretrain_study.py --prepare-only  # just data/lee/ (for configs/tiny_text_pretrain.yaml)
 
