@@ -27,6 +27,8 @@ FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA + _MISTRAL
 # Attributes each processor reads from its tokenizer (token strings; ``*_id`` added from them).
 _ATTRS: dict[str, dict[str, str]] = {
     "llava": {"image_token": "<image>"},
+    "llava_next": {"image_token": "<image>"},
+    "llava_onevision": {"image_token": "<image>", "video_token": "<video>"},
     "qwen2_vl": {},
     "qwen3_vl": {},
     "internvl": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
@@ -36,7 +38,7 @@ _ATTRS: dict[str, dict[str, str]] = {
     "mistral3": {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"},
     "gemma3": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
 }
-TINY_VARIANTS = ("llava_clip", "llava_siglip", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
+TINY_VARIANTS = ("llava_clip", "llava_siglip", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
                  "gemma3", "mistral3")
 # Registry family of each tiny variant.
 VARIANT_FAMILY = {v: v for v in TINY_VARIANTS} | {"llava_clip": "llava", "llava_siglip": "llava"}
@@ -112,6 +114,53 @@ def _llava(variant: str, tok: Any) -> tuple[Any, Any]:
     proc = LlavaProcessor(ip, tok, patch_size=8, vision_feature_select_strategy=strategy,
                           num_additional_image_tokens=1 if clip else 0, chat_template=T.LLAVA)
     return LlavaForConditionalGeneration(cfg), proc
+
+
+# anyres grids (height, width) in px: one 32 px crop, or 1x2 / 2x1 / 2x2 crops, beside the base view.
+_PINPOINTS = [[_SIZE, _SIZE], [_SIZE, 2 * _SIZE], [2 * _SIZE, _SIZE], [2 * _SIZE, 2 * _SIZE]]
+
+
+def _llava_next(tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    # LLaVA-1.6: CLIP tower (class token dropped: "default"), Mistral LM, anyres crops; 4x4 patches
+    # per 32 px crop -> 16 base tokens + the unpadded crop grid with a newline token per row.
+    cfg = LlavaNextConfig(vision_config={"model_type": "clip_vision_model", **_vit()},
+                          text_config={"model_type": "mistral", **_text(tok)}, image_grid_pinpoints=_PINPOINTS,
+                          image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                          vision_feature_select_strategy="default", image_seq_length=16)
+    ip = LlavaNextImageProcessor(size={"shortest_edge": _SIZE}, crop_size={"height": _SIZE, "width": _SIZE},
+                                 image_grid_pinpoints=_PINPOINTS)
+    proc = LlavaNextProcessor(ip, tok, patch_size=8, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, chat_template=T.LLAVA_NEXT)
+    return LlavaNextForConditionalGeneration(cfg), proc
+
+
+def _llava_onevision(tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    # SigLIP tower (no class token: "full"), Qwen2 LM, anyres_max_9 crops of 32 px (16 tokens each).
+    cfg = LlavaOnevisionConfig(vision_config={"model_type": "siglip_vision_model", **_vit()},
+                               text_config={"model_type": "qwen2", **_text(tok)}, image_grid_pinpoints=_PINPOINTS,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+                               vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    ip = LlavaOnevisionImageProcessor(size={"height": _SIZE, "width": _SIZE}, image_grid_pinpoints=_PINPOINTS)
+    video = LlavaOnevisionVideoProcessor(size={"height": _SIZE, "width": _SIZE})
+    proc = LlavaOnevisionProcessor(ip, tok, video, num_image_tokens=16, vision_feature_select_strategy="full",
+                                   vision_aspect_ratio="anyres_max_9", chat_template=T.LLAVA_ONEVISION)
+    return LlavaOnevisionForConditionalGeneration(cfg), proc
 
 
 def _qwen(variant: str, tok: Any) -> tuple[Any, Any]:
@@ -264,11 +313,11 @@ def tiny_vlm(variant: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         raise ValueError(f"unknown tiny VLM variant {variant!r}; valid: {', '.join(TINY_VARIANTS)}")
     tok = family_tokenizer(tokenizer, VARIANT_FAMILY[variant])
     torch.manual_seed(seed)
-    if variant.startswith("llava"):
+    if variant in ("llava_clip", "llava_siglip"):
         model, proc = _llava(variant, tok)
     elif variant.startswith("qwen"):
         model, proc = _qwen(variant, tok)
     else:
-        model, proc = {"internvl": _internvl, "idefics3": _idefics3, "paligemma": _paligemma,
+        model, proc = {"llava_next": _llava_next, "llava_onevision": _llava_onevision, "internvl": _internvl, "idefics3": _idefics3, "paligemma": _paligemma,
                        "gemma3": _gemma3, "mistral3": _mistral3}[variant](tok)
     return model.eval(), proc
