@@ -23,6 +23,10 @@ _IDEFICS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] +
 _GEMMA = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
 _MISTRAL = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
 FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA + _MISTRAL
+# PaliGemma's detection/segmentation tokens: real Gemma vocabularies hold them, and PaliGemmaProcessor
+# adds any that are missing (as plain tokens) whenever it is built, also when a saved one is loaded.
+# In the shared vocabulary from the start, a saved tiny PaliGemma reloads with the same vocabulary.
+LOC_SEG_TOKENS = [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
 
 # Attributes each processor reads from its tokenizer (token strings; ``*_id`` added from them).
 _ATTRS: dict[str, dict[str, str]] = {
@@ -49,6 +53,7 @@ def vlm_tokenizer(base: Any) -> Any:
     """A copy of ``base`` with every family's special tokens added (idempotent, order fixed)."""
     tok = copy.deepcopy(base)
     tok.add_special_tokens({"extra_special_tokens": FAMILY_TOKENS}, replace_extra_special_tokens=False)
+    tok.add_tokens(LOC_SEG_TOKENS)
     return tok
 
 
@@ -243,7 +248,6 @@ def _idefics3(tok: Any) -> tuple[Any, Any]:
 
 def _paligemma(tok: Any) -> tuple[Any, Any]:
     from transformers import (
-        GemmaTokenizerFast,
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
         PaliGemmaProcessor,
@@ -255,13 +259,11 @@ def _paligemma(tok: Any) -> tuple[Any, Any]:
                           image_token_index=tok.convert_tokens_to_ids("<image>"), projection_dim=32)
     ip = SiglipImageProcessor(size={"height": _SIZE, "width": _SIZE})
     ip.image_seq_length = 16  # 4x4 patches, no pooling
-    # The processor adds 1,152 <loc>/<seg> detection tokens to the tokenizer it is given; give it a
-    # throwaway copy, then put the shared tokenizer back so the vocabulary stays the shared one.
-    # mask_token=None: transformers 5's Gemma tokenizer would add a "<mask>" token to the shared vocabulary.
-    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False, mask_token=None)
-    proc = PaliGemmaProcessor(ip, copy.deepcopy(tok), chat_template=T.PALIGEMMA)
-    proc.tokenizer = tok
-    return PaliGemmaForConditionalGeneration(cfg), proc
+    # The shared tokenizer class, not GemmaTokenizerFast: transformers 5 rebuilds a Gemma tokenizer's
+    # normaliser and pre-tokenizer on load (SentencePiece style), so a saved teacher would tokenize
+    # differently from the byte-level BPE it was built with. The <loc>/<seg> tokens the processor
+    # adds are in the shared vocabulary already (LOC_SEG_TOKENS).
+    return PaliGemmaForConditionalGeneration(cfg), PaliGemmaProcessor(ip, tok, chat_template=T.PALIGEMMA)
 
 
 def _mistral3(tok: Any) -> tuple[Any, Any]:
