@@ -28,11 +28,19 @@ def _differences(a: dict[str, int], b: dict[str, int], limit: int = 5) -> list[s
     return out
 
 
+def _standard_special_tokens(tok: Any) -> dict[str, str]:
+    """The named special tokens every tokenizer class has (bos, eos, unk, pad, ...). transformers 5
+    also lists a processor's markup names there (``image_token``, ``boi_token``): those belong to
+    one side's image format, which may differ, and the vocabulary check already covers their ids."""
+    standard = getattr(type(tok), "SPECIAL_TOKENS_ATTRIBUTES", None)
+    return {k: v for k, v in tok.special_tokens_map.items() if standard is None or k in standard}
+
+
 def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
     """Raise ValueError (showing the first differing tokens) unless both tokenizers are the same.
 
-    Compares lengths, the full vocabularies (token -> id, added tokens included), the special
-    tokens, and the ids of a set of probe strings (which also catches different merges or
+    Compares lengths, the full vocabularies (token -> id, added tokens included), the standard
+    named special tokens (bos/eos/unk/pad/...), and the ids of a set of probe strings (which also catches different merges or
     normalisers behind identical vocabularies).
     """
     problems = []
@@ -43,7 +51,7 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
     if diff:
         problems.append("vocabulary differs, first differing tokens (teacher token: teacher id vs student id): "
                         + "; ".join(diff))
-    ts, ss = teacher_tok.special_tokens_map, student_tok.special_tokens_map
+    ts, ss = _standard_special_tokens(teacher_tok), _standard_special_tokens(student_tok)
     for key in sorted(set(ts) | set(ss)):
         if ts.get(key) != ss.get(key):
             problems.append(f"special token {key}: {ts.get(key)!r} (teacher) vs {ss.get(key)!r} (student)")

@@ -58,12 +58,12 @@ def vlm_tokenizer(base: Any) -> Any:
 
 
 def family_tokenizer(base: Any, family: str) -> Any:
-    """``vlm_tokenizer(base)`` with the attribute names ``family``'s processor reads."""
+    """``vlm_tokenizer(base)`` with the named tokens ``family``'s processor reads (``image_token``,
+    ``boi_token``, ... and their ``*_id``), registered as transformers 5's model-specific special
+    tokens so that they are saved in tokenizer_config.json and a saved teacher reloads with them."""
     tok = vlm_tokenizer(base)
-    for name, token in _ATTRS.get(family, {}).items():
-        setattr(tok, name, token)
-        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
-    return tok
+    names = _ATTRS.get(family, {})
+    return as_tokenizer_class(tok, type(tok), **names) if names else tok
 
 
 def as_tokenizer_class(tok: Any, cls: Any, **kwargs: Any) -> Any:
