@@ -82,3 +82,44 @@ def test_saved_family_teacher_distils_through_the_cli(variant, env, tmp_path, ti
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     for part in ("multi_modal_projector.", "language_model.", "lm_head.", "vision_tower."):
         assert any(part in k for k in moved), part
+
+
+def test_flagship_shape_a_text_lm_student_takes_the_teacher_tokenizer(env, tmp_path, tiny_tokenizer, capsys):
+    """configs/taid_vlm_2b.yaml in miniature: a Qwen2-VL teacher; the student is a pretrained text LM
+    whose own tokenizer lacks the vision tokens, with the teacher's <|image_pad|> as its image token."""
+    from taid_vlm.models.factory import build_text_lm
+    from taid_vlm.models.tiny import tiny_text_config
+
+    model, processor = tiny_vlm("qwen2_vl", tiny_tokenizer)
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    processor.save_pretrained(teacher)
+    lm = build_text_lm({"config": tiny_text_config("qwen2")}, tiny_tokenizer)  # vocab = the text tokenizer's
+    lm.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    student = {"family": "composed", "tokenizer": str(teacher), "config": {
+        **tiny_composed_config("hf_siglip", "pixel_shuffle_mlp"), "text": {"path": str(tmp_path / "lm")},
+        "image_token": "<|image_pad|>"}}
+    cfg = {
+        "student": student, "teacher": {"family": "qwen2_vl", "path": str(teacher)},
+        "data": {"train": env["train"], "max_length": 256}, "loss": {"name": "taid"},
+        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "batch_size": 2, "cpu": True},
+        "logging": {"report_to": [], "progress": False},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    final = tmp_path / "out" / "final"
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(final)
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert saved.convert_tokens_to_ids("<|image_pad|>") == image_pad and len(saved) == len(processor.tokenizer)
+    rows = load_file(final / "model.safetensors")["language_model.model.embed_tokens.weight"].shape[0]
+    assert rows >= len(processor.tokenizer) > len(tiny_tokenizer)  # the LM's embeddings grew, and were saved
+    # With the LM's own tokenizer the image token would get another id than the teacher's: refused at
+    # start-up, with the fix.
+    student["tokenizer"] = str(tmp_path / "lm")
+    cfg["train"]["output_dir"] = str(tmp_path / "out2")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    assert "set student.tokenizer to the teacher's tokenizer" in capsys.readouterr().err
