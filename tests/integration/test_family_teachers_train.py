@@ -31,6 +31,16 @@ QA = [("What colour is the circle?", "The circle is red."), ("How many shapes ar
       ("Is there a blue square?", "Yes."), ("Where is the triangle?", "The triangle is on the left.")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Models this small gain nothing from a second intra-op thread, and on a shared CPU its spin-waits
+    # made each run several times slower (measured: 9.4 s -> 3.3 s per family under load).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_tokenizer) -> dict:
     """A 4-record LLaVA-format set (two turns each) and a saved composed student (native LLaVA)."""
@@ -80,7 +90,7 @@ def test_saved_family_teacher_distils_through_the_cli(variant, env, tmp_path, ti
     before, after = load_file(Path(env["student"]) / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert before.keys() == after.keys()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
-    for part in ("multi_modal_projector.", "language_model.", "lm_head.", "vision_tower."):
+    for part in ("multi_modal_projector.", "language_model.", "vision_tower."):  # the head is tied to the embeddings
         assert any(part in k for k in moved), part
 
 
