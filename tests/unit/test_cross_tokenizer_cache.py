@@ -54,7 +54,7 @@ def test_full_k_cache_equals_live_teacher_in_value_and_gradient(tiny_tokenizer, 
     assert float(values[0][1]) > 0
     torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)  # fp32: the cache path log-softmaxes twice
 
 
 def test_small_k_cache_spreads_the_rest_mass_and_stays_close(tiny_tokenizer, other_tokenizer):
