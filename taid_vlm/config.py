@@ -79,7 +79,9 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 @dataclass
 class TeacherConfig(ModelConfig):
     cache: str | None = None
-    """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded."""
+    """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded.
+    Across tokenizers (tokenizer_alignment byte_aligned / uld) only the teacher's tokenizer is: the one
+    `tokenizer` or `path` names, else the copy stored in the cache."""
     placement: str = "replicated"
     """Where the frozen teacher lives: replicated (a whole copy on each process's device), sharded
     (wrapped by the student's FSDP2 / DeepSpeed ZeRO-3 engine, no optimizer state; GPUs only) or
@@ -392,9 +394,6 @@ class Config:
         _check(mode in MODES, "teacher.tokenizer_alignment", f"must be one of {MODES}, got {mode!r}")
         if mode == "shared" or not self.loss.needs_teacher:
             return
-        _check(not self.teacher.cache, "teacher.tokenizer_alignment",
-               f"{mode} needs a live teacher: training reads a teacher cache in the student's vocabulary "
-               "(cross-tokenizer caches are not supported yet); remove teacher.cache or use shared")
         _check(not LOSSES[self.loss.name].needs_labels, "teacher.tokenizer_alignment",
                f"{mode} cannot be used with loss {self.loss.name!r}, which needs target ids in one vocabulary; "
                "choose a divergence (taid, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd)")
