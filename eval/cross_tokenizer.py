@@ -33,8 +33,10 @@ RUNS = [  # (name, tokenizer, alignment, loss, distil_ratio); the SFT floor last
     ("same tokenizer, taid", "tok_a", "shared", "taid", 1.0),
     ("cross tokenizer, byte_aligned taid", "tok_b", "byte_aligned", "taid", 1.0),
     ("cross tokenizer, uld taid", "tok_b", "uld", "taid", 1.0),
-    # ULD as Boizard et al. define it: the sorted-distribution distance added to the cross-entropy on
-    # the labels (ranks alone say nothing about which token is right).
+    # With the LM loss on the labels beside the distillation loss, as ULD (Boizard et al.) and GOLD
+    # define their objectives: ranks alone (uld) say nothing about which token is right, and
+    # byte_aligned drops the columns that are not in both vocabularies.
+    ("cross tokenizer, byte_aligned taid + LM loss (ratio 0.5)", "tok_b", "byte_aligned", "taid", 0.5),
     ("cross tokenizer, uld taid + LM loss (ratio 0.5)", "tok_b", "uld", "taid", 0.5),
     ("cross tokenizer, sft (no teacher)", "tok_b", "shared", "sft", 1.0),
 ]
@@ -136,6 +138,18 @@ def _diff(runs: list[dict], base: list[dict], key: str) -> dict[str, float | lis
     return {"per_seed": d, "mean": m, "ci95": h}
 
 
+def cached_score(run: Path, val: str, limit: int) -> dict[str, float]:
+    """``score`` of ``run/final``, kept in ``run/score.json`` so a rerun that adds rows scores only those."""
+    path, key = run / "score.json", {"val": val, "limit": limit}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["score"]
+    result = score(run / "final", val, limit)
+    path.write_text(json.dumps({"key": key, "score": result}))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.setdefault(name, []).append({
                 "name": name, "seed": seed, "tokenizer": tok, "alignment": mode, "loss": loss, "distil_ratio": ratio,
                 "run": str(out),
-                **score(out / "final", data["val"], n_val), "shares_last_step": shares,
+                **cached_score(out, data["val"], n_val), "shares_last_step": shares,
                 "data_report": report["data_report"]})
     teacher_score = score(teacher_dir, data["val"], n_val)
     same, floor = runs[RUNS[0][0]], runs[RUNS[-1][0]]
