@@ -184,13 +184,15 @@ class LossConfig:
 
     def check(self) -> None:
         from taid_vlm.losses import LOSSES, OptionError, get_loss
+        from taid_vlm.losses.fused import chunk_rows
 
         names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
         _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
-        _check(self.chunk_size == "auto" or (isinstance(self.chunk_size, int) and not isinstance(self.chunk_size, bool)
-                                              and self.chunk_size >= 1),
-               "loss.chunk_size", f"must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
+        try:
+            chunk_rows(self.chunk_size, 1)  # the fused loop's own check of an int >= 1 or "auto"
+        except ValueError:
+            _check(False, "loss.chunk_size", f"must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
         for loss_name, opts in self.options.items():
             _check(loss_name in LOSSES, f"loss.{loss_name}",
                    f"unknown key: neither a loss.* field nor a loss name ({names})")
