@@ -76,7 +76,7 @@ def run_once(work: Path, env: dict[str, str], data_file: Path, cache: Path, name
         "loss": {"name": "taid"},
         "train": {"output_dir": str(work / "runs" / name), "max_steps": 2, "batch_size": 4, "lr": 1e-3,
                   "cpu": True, "overwrite": True},
-        "logging": {"tensorboard": False, "progress": False},
+        "logging": {"report_to": [], "progress": False},
     }
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="eval/results", help="folder for bench_losses.json/.png")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, for tests (seconds)")
-    ap.add_argument("--chunk", type=int, default=256, help="fused chunk size (rows)")
+    ap.add_argument("--chunk", default="auto",
+                    help="fused chunk size: rows, or 'auto' (the trainer's default, losses.fused.chunk_rows)")
     ap.add_argument("--hidden", type=int, default=896, help="hidden size H of student and teacher")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: torch default)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
@@ -206,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(run_case(json.loads(args.child))))
         return 0
+    from taid_vlm.losses.fused import chunk_rows
+
     if args.quick:
         ns, vs, hdim, chunk = [128], [500], 32, 32  # 2 child processes: a few seconds
     else:
-        ns, vs, hdim, chunk = [512, 2048, 8192], [32000, 151936], args.hidden, args.chunk
+        ns, vs, hdim = [512, 2048, 8192], [32000, 151936], args.hidden
+        chunk = args.chunk if args.chunk == "auto" else int(args.chunk)
         ns = [int(x) for x in args.ns.split(",")] if args.ns else ns
         vs = [int(x) for x in args.vs.split(",")] if args.vs else vs
     avail = _available_mib()
@@ -218,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in ns:
             for path in ("full", "fused"):
                 small = n * v <= 2048 * 32000
-                spec = {"path": path, "N": n, "V": v, "H": hdim, "chunk": chunk, "threads": args.threads,
+                spec = {"path": path, "N": n, "V": v, "H": hdim, "chunk": chunk_rows(chunk, v), "threads": args.threads,
                         "warmup": 1 if small else 0, "repeats": 2 if small else 1}
-                need = _estimate_mib(path, n, v, hdim, chunk)
+                need = _estimate_mib(path, n, v, hdim, spec["chunk"])
                 if need > 0.8 * avail:
                     res = {"status": "skipped", "reason": f"estimated {need / 1024:.1f} GiB > 80% of the "
                                                           f"{avail / 1024:.1f} GiB available"}

@@ -137,7 +137,7 @@ def _config(spec: dict, root: Path, loss: str, cache: str | None = None):
         "loss": {"name": loss},
         "train": {"output_dir": str(root / "runs" / f"{loss}{'_cached' if cache else ''}"), "max_steps": 10_000,
                   "batch_size": spec["batch"], "lr": 1e-4, "cpu": True, "seed": 0},
-        "logging": {"tensorboard": False, "progress": False},
+        "logging": {"report_to": [], "progress": False},
     })
 
 

@@ -1,6 +1,6 @@
 """Pre-training distillation at small scale: the shape of the paper's raw-text comparison.
 
-    python eval/pretrain_study.py                 # full: 3 seeds x 3 students, ~20 min on 2 quiet CPU cores
+    python eval/pretrain_study.py                 # full: 3 seeds x 3 students, about 5 min on 2 quiet CPU cores
     python eval/pretrain_study.py --quick         # a few steps, 1 seed (used by a test)
     python eval/pretrain_study.py --prepare-only  # just data/lee/ (for configs/tiny_text_pretrain.yaml)
 
@@ -28,14 +28,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.demo.studies import mean_spread, provenance, write_study
+from taid_vlm.demo.studies import ci95, provenance, write_study
 
 LM_SMALL = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
             "tie_word_embeddings": True}
 LM_TEACHER = {**LM_SMALL, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3}
 FILES = ("lee_background.cor", "lee.cor")
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def corpus_cache() -> Path:
@@ -113,7 +112,7 @@ def run_config(out: Path, paths: dict, model: dict, data: str, loss: str, seed: 
                   "warmup_steps": max(1, steps // 20), "scheduler": "cosine", "save_every": 0, "keep_last": 1,
                   "cpu": True},
         "eval": {"every": 0, "max_batches": 0},
-        "logging": {"tensorboard": False, "progress": False},
+        "logging": {"report_to": [], "progress": False},
     }
     if teacher:
         cfg["teacher"] = {"family": "text", "path": teacher}
@@ -124,13 +123,6 @@ def heldout_ppl(run: Path) -> float:
     import json
 
     return math.exp(json.loads((run / "final" / "metrics.json").read_text())["metrics"]["val_lm_loss"])
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for one value)."""
-    m, sd = mean_spread(values)
-    n = len(values)
-    return m, (T975.get(n - 1, 1.96) * sd / math.sqrt(n)) if n > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

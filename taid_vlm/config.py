@@ -79,7 +79,9 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 @dataclass
 class TeacherConfig(ModelConfig):
     cache: str | None = None
-    """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded."""
+    """Directory of a teacher top-k cache (taid-vlm cache-teacher); then no teacher model is loaded.
+    Across tokenizers (tokenizer_alignment byte_aligned / uld) only the teacher's tokenizer is: the one
+    `tokenizer` or `path` names, else the copy stored in the cache."""
     placement: str = "replicated"
     """Where the frozen teacher lives: replicated (a whole copy on each process's device), sharded
     (wrapped by the student's FSDP2 / DeepSpeed ZeRO-3 engine, no optimizer state; GPUs only) or
@@ -169,8 +171,9 @@ class LossConfig:
     """Softmax temperature, given to the loss (TAID included); sft and ctkd refuse one other than 1."""
     fused: bool = True
     """Chunked LM-head + loss path that never holds [N, V] logits for all response tokens."""
-    chunk_size: int = 1024
-    """Rows per chunk in the fused path."""
+    chunk_size: int | str = "auto"
+    """Rows per chunk in the fused path, or "auto": as many as keep one fp32 [rows, V] buffer near
+    64 MiB (at most 1024), so memory stays flat at large vocabularies (losses.fused.chunk_rows)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Options per loss name, written in YAML as a block named after the loss inside `loss:`
     (`loss.taid.t_start=0.3`, `loss.gjsd.beta=0.5`); the block of `name` goes to get_loss. Every
@@ -181,11 +184,15 @@ class LossConfig:
 
     def check(self) -> None:
         from taid_vlm.losses import LOSSES, OptionError, get_loss
+        from taid_vlm.losses.fused import chunk_rows
 
         names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
         _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
-        _check(self.chunk_size >= 1, "loss.chunk_size", "must be >= 1")
+        try:
+            chunk_rows(self.chunk_size, 1)  # the fused loop's own check of an int >= 1 or "auto"
+        except ValueError:
+            _check(False, "loss.chunk_size", f"must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
         for loss_name, opts in self.options.items():
             _check(loss_name in LOSSES, f"loss.{loss_name}",
                    f"unknown key: neither a loss.* field nor a loss name ({names})")
@@ -389,9 +396,6 @@ class Config:
         _check(mode in MODES, "teacher.tokenizer_alignment", f"must be one of {MODES}, got {mode!r}")
         if mode == "shared" or not self.loss.needs_teacher:
             return
-        _check(not self.teacher.cache, "teacher.tokenizer_alignment",
-               f"{mode} needs a live teacher: training reads a teacher cache in the student's vocabulary "
-               "(cross-tokenizer caches are not supported yet); remove teacher.cache or use shared")
         _check(not LOSSES[self.loss.name].needs_labels, "teacher.tokenizer_alignment",
                f"{mode} cannot be used with loss {self.loss.name!r}, which needs target ids in one vocabulary; "
                "choose a divergence (taid, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd)")

@@ -28,12 +28,38 @@ def _differences(a: dict[str, int], b: dict[str, int], limit: int = 5) -> list[s
     return out
 
 
+def _standard_special_tokens(tok: Any) -> dict[str, str]:
+    """The named special tokens every tokenizer class has (bos, eos, unk, pad, ...). transformers 5
+    also lists a processor's markup names there (``image_token``, ``boi_token``): those belong to
+    one side's image format, which may differ, and the vocabulary check already covers their ids."""
+    standard = getattr(type(tok), "SPECIAL_TOKENS_ATTRIBUTES", None)
+    return {k: v for k, v in tok.special_tokens_map.items() if standard is None or k in standard}
+
+
+def _added_tokens_hint(teacher_tok: Any, student_tok: Any, tv: dict[str, int], sv: dict[str, int]) -> str | None:
+    """The fix when only added tokens differ: one tokenizer for both sides (e.g. the teacher's)."""
+    try:
+        ta, sa = teacher_tok.get_added_vocab(), student_tok.get_added_vocab()
+    except (AttributeError, NotImplementedError):
+        return None
+    if {t: i for t, i in tv.items() if t not in ta} != {t: i for t, i in sv.items() if t not in sa}:
+        return None
+    only_t = sorted((t for t in ta if sv.get(t) != ta[t]), key=ta.get)[:4]
+    only_s = sorted((t for t in sa if tv.get(t) != sa[t]), key=sa.get)[:4]
+    return (f"both share their base vocabulary and differ only in added tokens (teacher: {only_t}, student: "
+            f"{only_s}); give both sides one tokenizer that has them all: set student.tokenizer to the teacher's "
+            "tokenizer (its directory), so the student's image token keeps the teacher's id (the student LM's "
+            "embeddings grow if they are short)")
+
+
 def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
     """Raise ValueError (showing the first differing tokens) unless both tokenizers are the same.
 
-    Compares lengths, the full vocabularies (token -> id, added tokens included), the special
-    tokens, and the ids of a set of probe strings (which also catches different merges or
-    normalisers behind identical vocabularies).
+    Compares lengths, the full vocabularies (token -> id, added tokens included), the standard
+    named special tokens (bos/eos/unk/pad/...), and the ids of a set of probe strings (which also
+    catches different merges or normalisers behind identical vocabularies). When the two share
+    their base vocabulary and differ only in added tokens (a Qwen2 text LM's tokenizer against
+    Qwen2-VL's, which adds the vision tokens), the message says to use the one that has them all.
     """
     problems = []
     if len(teacher_tok) != len(student_tok):
@@ -43,7 +69,10 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
     if diff:
         problems.append("vocabulary differs, first differing tokens (teacher token: teacher id vs student id): "
                         + "; ".join(diff))
-    ts, ss = teacher_tok.special_tokens_map, student_tok.special_tokens_map
+        hint = _added_tokens_hint(teacher_tok, student_tok, tv, sv)
+        if hint:
+            problems.append(hint)
+    ts, ss = _standard_special_tokens(teacher_tok), _standard_special_tokens(student_tok)
     for key in sorted(set(ts) | set(ss)):
         if ts.get(key) != ss.get(key):
             problems.append(f"special token {key}: {ts.get(key)!r} (teacher) vs {ss.get(key)!r} (student)")

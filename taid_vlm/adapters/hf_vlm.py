@@ -1,7 +1,8 @@
 """Hugging Face VLMs (``AutoModelForImageTextToText``) behind the adapter view.
 
-Each family (LLaVA, Qwen2-VL, Qwen2.5-VL, InternVL, Idefics3/SmolVLM, PaliGemma, Gemma 3) keeps its
-own processor, chat template and image-token rules; what differs is data in ``vlm_families``.
+Each family (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL,
+Idefics3/SmolVLM, PaliGemma, Gemma 3, Mistral 3) keeps its own processor, chat template and
+image-token rules; what differs is data in ``vlm_families``.
 Labels come from prefix rendering (``taid_vlm.data.template``) over the *processed* token ids, so
 they are right whatever the processor expands an image into.
 """
@@ -41,11 +42,15 @@ def _pad_images(tensors: list[torch.Tensor | None]) -> torch.Tensor:
     return out
 
 
-def _cat_padded_hw(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``[n_i, C, H_i, W_i]`` -> ``[sum n_i, C, max H, max W]``, zero-padded at the bottom/right."""
-    h = max(t.shape[-2] for t in tensors)
-    w = max(t.shape[-1] for t in tensors)
-    return torch.cat([nn.functional.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in tensors])
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``[n_i, d1_i, d2_i, ...]`` -> ``[sum n_i, max d1, max d2, ...]``, zero-padded at the end of
+    each dim (Pixtral ``[n, C, H_i, W_i]``: bottom/right; LLaVA-NeXT ``[n, crops_i, C, H, W]``: crops)."""
+    sizes = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = [x for d in reversed(range(1, t.dim())) for x in (0, sizes[d - 1] - t.shape[d])]
+        padded.append(nn.functional.pad(t, pad))
+    return torch.cat(padded)
 
 
 class HFVLMAdapter(Adapter):
@@ -133,8 +138,8 @@ class HFVLMAdapter(Adapter):
                 batch[key] = pad_sequences(values, fill.get(key, 0), side=side)
             elif mode == "cat":
                 batch[key] = torch.cat([v for v in values if v is not None])
-            elif mode == "cat_hw":
-                batch[key] = _cat_padded_hw([v for v in values if v is not None])
+            elif mode == "cat_pad":
+                batch[key] = _cat_padded([v for v in values if v is not None])
             else:
                 batch[key] = _pad_images(values)
         return batch
@@ -184,8 +189,14 @@ class HFVLMAdapter(Adapter):
         vision = _attr(self.model, self.rule.vision)
         if self.rule.vision_skip:
             vision = nn.ModuleList([m for n, m in vision.named_children() if n != self.rule.vision_skip])
+        projector = _attr(self.model, self.rule.projector)
+        if self.rule.projector_params:
+            loose = nn.Module()  # holds the very same Parameter objects, so training them trains the model's
+            for path in self.rule.projector_params:
+                loose.register_parameter(path.replace(".", "_"), _attr(self.model, path))
+            projector = nn.ModuleList([projector, loose])
         lm = nn.ModuleList([_attr(self.model, p) for p in self.rule.lm])
-        return {"vision": vision, "projector": _attr(self.model, self.rule.projector), "lm": lm}
+        return {"vision": vision, "projector": projector, "lm": lm}
 
 
 def _load(path: str, dtype: torch.dtype, trust_remote_code: bool, attn_implementation: str | None) -> nn.Module:

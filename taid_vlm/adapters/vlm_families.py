@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 #             [n_img, 3, H, W], Qwen2-VL patches [n_patch, C*T*P*P] + image_grid_thw [n_img, 3]);
 #   "images": a per-sample [1, n_img, ...] tensor, padded with zero images along dim 1 and stacked
 #             (Idefics3 drops all-zero images itself);
-#   "cat_hw": "cat" after zero-padding height and width to the batch's largest image (Pixtral keeps
-#             each image's aspect ratio and crops the padding off again with image_sizes).
-COLLATE_MODES = ("tokens", "cat", "images", "cat_hw")
+#   "cat_pad": "cat" after zero-padding every other dim to the batch's largest, which the model cuts
+#             off again with image_sizes: Pixtral's height and width (each image keeps its aspect
+#             ratio), LLaVA-NeXT / OneVision's number of anyres crops ([n_img, n_crops, 3, H, W]).
+COLLATE_MODES = ("tokens", "cat", "images", "cat_pad")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class FamilyRule:
         vision / projector / lm: dotted attribute paths (from the top model) of each part.
         vision_skip: a child of the vision module that belongs to the projector instead (Qwen2-VL's
             patch ``merger`` lives inside ``visual``); parts must not share parameters.
+        projector_params: dotted paths of loose parameters (no module of their own) that belong to
+            the projector part (LLaVA-NeXT / OneVision's learned ``image_newline``), so that an HF
+            VLM student trains them with the projector.
         prefix_lm: PaliGemma-style prefix LM: the processor puts BOS after the image tokens and a
             newline at the end, and ``token_type_ids`` (1 from the first response token on) plus
             ``labels`` switch the model to its training attention mask.
@@ -44,6 +48,7 @@ class FamilyRule:
     projector: str = "model.multi_modal_projector"
     lm: tuple[str, ...] = ("model.language_model", "lm_head")
     vision_skip: str | None = None
+    projector_params: tuple[str, ...] = ()
     prefix_lm: bool = False
     needs_image: bool = False
 
@@ -51,9 +56,16 @@ class FamilyRule:
 _QWEN = {"keep": {"pixel_values": "cat", "image_grid_thw": "cat", "mm_token_type_ids": "tokens"}, "vision": "model.visual",
          "projector": "model.visual.merger", "vision_skip": "merger"}
 
+_ANYRES = {"keep": {"pixel_values": "cat_pad", "image_sizes": "cat"}, "projector_params": ("model.image_newline",)}
+
 FAMILIES: dict[str, FamilyRule] = {
     r.name: r for r in (
         FamilyRule("llava", ("llava",)),
+        # anyres: each image is a base view + a grid of crops chosen from image_grid_pinpoints; the
+        # processor pads the crops of a call to its largest count, image_sizes says which are real.
+        FamilyRule("llava_next", ("llava_next",), **_ANYRES),
+        # OneVision: anyres_max_9 (crops beyond 9 base grids are pooled down), SigLIP + Qwen2.
+        FamilyRule("llava_onevision", ("llava_onevision",), **_ANYRES),
         # transformers 5 derives Qwen's M-RoPE positions from the processor's mm_token_type_ids
         # (1 on image tokens) and refuses images without them.
         FamilyRule("qwen2_vl", ("qwen2_vl",), **_QWEN),
@@ -69,7 +81,7 @@ FAMILIES: dict[str, FamilyRule] = {
         # inside each image); the model needs them for the same attention as in training.
         FamilyRule("gemma3", ("gemma3",), keep={"pixel_values": "cat", "token_type_ids": "tokens"}),
         # Mistral 3 / Pixtral: images keep their aspect ratio; image_sizes says each one's size.
-        FamilyRule("mistral3", ("mistral3",), keep={"pixel_values": "cat_hw", "image_sizes": "cat"}),
+        FamilyRule("mistral3", ("mistral3",), keep={"pixel_values": "cat_pad", "image_sizes": "cat"}),
     )
 }
 

@@ -6,10 +6,16 @@ covers a fixed chunk of the data set and holds, for every response token of its 
 - ``topk_ids``      int32   ``[T, k]``  the teacher's k most likely next tokens;
 - ``topk_logprobs`` float16 ``[T, k]``  (or float32) their log-probabilities;
 - ``rest_mass``     float32 ``[T]``     the probability mass of all other tokens;
-- ``targets``       int32   ``[T]``     the response token itself (for the alignment check);
+- ``targets``       int32   ``[T]``     the response token itself, in the teacher's tokenizer
+  (the alignment check; the text that cross-tokenizer alignment decodes);
+- ``run_start``     uint8   ``[T]``     1 where a token starts an assistant turn's response (the
+  turn boundaries cross-tokenizer alignment pairs up);
 - ``offsets``       int64   ``[S+1]``   row range of each sample; sample ids in the metadata.
 
-At k=64 with float16 log-probs that is 64*4 + 64*2 + 4 + 4 = 392 bytes per response token.
+At k=64 with float16 log-probs that is 64*4 + 64*2 + 4 + 4 + 1 = 393 bytes per response token.
+``DIR/teacher_tokenizer/`` is a copy of the teacher's tokenizer (``save_pretrained``): with it a
+student with another tokenizer rebuilds the teacher tokens' character spans by decoding
+``targets``, without the teacher's files.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 INDEX = "index.json"
+TOKENIZER_DIR = "teacher_tokenizer"
 FORMAT_VERSION = 1
 
 

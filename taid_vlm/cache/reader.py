@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from taid_vlm.cache.format import compare_fingerprints, fingerprint, read_index
 from taid_vlm.config import ConfigError
+from taid_vlm.data.types import IGNORE_INDEX
 from taid_vlm.losses.sparse import TopKLogprobs
 
 
@@ -77,18 +78,60 @@ class TeacherCache:
         # safe_open handles do not pickle (DataLoader workers, spawn): they are reopened on demand.
         return {**self.__dict__, "_handles": OrderedDict()}
 
-    def check(self, *, data: str, tokenizer: Any, template: str | None, max_length: int) -> None:
-        """Raise ``CacheMismatchError`` naming each fingerprint field that differs."""
+    def check(self, *, data: str, tokenizer: Any, template: str | None, max_length: int,
+              tokenizer_setting: str = "student.tokenizer") -> None:
+        """Raise ``CacheMismatchError`` naming each fingerprint field that differs.
+
+        ``tokenizer`` is the one whose ids the run reads from the cache (the student's when both
+        share it, the teacher's across tokenizers); ``tokenizer_setting`` names where it came from.
+        """
         current = fingerprint(data=data, tokenizer=tokenizer, template=template, max_length=max_length)
         bad = compare_fingerprints(self.index["fingerprint"], current)
+        fix = "re-run cache-teacher for this configuration"
+        if "tokenizer" in bad and tokenizer_setting in ("teacher.tokenizer", "teacher.path"):
+            fix = (f"its ids are in the teacher tokenizer it was written with and {tokenizer_setting} names another "
+                   f"one; set teacher.tokenizer to that one ({self.dir / self.index.get('teacher_tokenizer', '')}) "
+                   f"or {fix}")
         if bad:
             raise CacheMismatchError(
                 f"teacher.cache: {self.dir} was made for different {', '.join(bad)} "
-                f"(stored {[self.index['fingerprint'][b] for b in bad]}, now {[current[b] for b in bad]}); "
-                "re-run cache-teacher for this configuration"
+                f"(stored {[self.index['fingerprint'][b] for b in bad]}, now {[current[b] for b in bad]}); {fix}"
             )
         if len(tokenizer) != self.vocab_size:
-            raise CacheMismatchError(f"teacher.cache: vocab size {self.vocab_size} != tokenizer length {len(tokenizer)}")
+            raise CacheMismatchError(f"teacher.cache: vocab size {self.vocab_size} != {tokenizer_setting} length "
+                                     f"{len(tokenizer)}")
+
+    def teacher_tokenizer(self, source: str | None = None, *, trust_remote_code: bool = False) -> Any:
+        """The teacher tokenizer for a student with another one: ``source`` (the run's teacher.tokenizer
+        or teacher.path) when given, else the copy ``cache-teacher`` stored beside the cache."""
+        from transformers import AutoTokenizer
+
+        if not source:
+            stored = self.index.get("teacher_tokenizer")
+            if not stored or not (self.dir / stored).is_dir():
+                raise CacheMismatchError(f"teacher.cache: {self.dir} holds no copy of the teacher's tokenizer "
+                                         "(written before cross-tokenizer caches); set teacher.tokenizer to it, "
+                                         "or re-run cache-teacher")
+            source = str(self.dir / stored)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def teacher_labels(self, sample_id: str) -> torch.Tensor:
+        """``[L]`` the sample's cached teacher response ids laid out as labels: each assistant turn's
+        ids, -100 before each turn (what ``data.alignment.label_runs`` reads back as turns)."""
+        rows = self.rows([sample_id], keys=("targets", "run_start"))
+        ids, starts = rows["targets"].long(), rows["run_start"].bool()
+        # Position of row i: one -100 before each turn that starts at or before it, then i ids.
+        pos = torch.arange(ids.numel()) + starts.long().cumsum(0)
+        pos += 0 if bool(starts[:1].any()) else 1  # (every turn's first row is flagged; be safe anyway)
+        out = torch.full((int(pos[-1]) + 1 if ids.numel() else 1,), IGNORE_INDEX, dtype=torch.long)
+        out[pos] = ids
+        return out
+
+    @property
+    def has_turns(self) -> bool:
+        """Whether the shards store turn boundaries (``run_start``; caches written before
+        cross-tokenizer support do not, and only serve a student with the teacher's tokenizer)."""
+        return not self._paths or "run_start" in self._shard(0).keys()
 
     def __contains__(self, sample_id: str) -> bool:
         return str(sample_id) in self._where
@@ -100,9 +143,13 @@ class TeacherCache:
         """``[S]`` number of cached response tokens of each sample."""
         return torch.tensor([b - a for _, a, b in (self._where[str(i)] for i in ids)], dtype=torch.int64)
 
-    def rows(self, ids: list[str], keys: tuple[str, ...] = KEYS) -> dict[str, torch.Tensor]:
+    def rows(self, ids: list[str], keys: tuple[str, ...] = KEYS, lengths: list[int] | None = None
+             ) -> dict[str, torch.Tensor]:
         """Concatenated rows of the given samples, in order, read from disk now.
 
+        Args:
+            lengths: read only the first ``lengths[i]`` rows of sample i (the turns a
+                cross-tokenizer alignment kept); all rows by default.
         Returns:
             ``{"topk_ids": [N, k] int32, "topk_logprobs": [N, k], "rest_mass": [N], "targets": [N]}``
             (or only ``keys``), N = the samples' cached response tokens.
@@ -111,8 +158,10 @@ class TeacherCache:
         if missing:
             raise KeyError(f"teacher.cache has no entry for sample(s) {missing[:3]}")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-        for sid in ids:
+        for j, sid in enumerate(ids):
             si, a, b = self._where[str(sid)]
+            if lengths is not None:
+                b = min(b, a + int(lengths[j]))
             f = self._shard(si)
             for k in keys:
                 parts[k].append(f.get_slice(k)[a:b])

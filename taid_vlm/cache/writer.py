@@ -16,7 +16,9 @@ import torch
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from taid_vlm.cache.format import fingerprint, read_index, write_index, write_shard
+from taid_vlm.cache.format import TOKENIZER_DIR, fingerprint, read_index, write_index, write_shard
+from taid_vlm.data.types import IGNORE_INDEX
+from taid_vlm.losses.fused import chunk_rows
 from taid_vlm.train.step import teacher_response
 
 
@@ -29,23 +31,42 @@ def topk_rows(logits: torch.Tensor, k: int, dtype: torch.dtype) -> dict[str, tor
     return {"topk_ids": ids.to(torch.int32), "topk_logprobs": vals.to(dtype), "rest_mass": rest}
 
 
+def run_starts(labels: torch.Tensor) -> torch.Tensor:
+    """``[N]`` uint8: 1 where a response row starts an assistant turn's response, else 0.
+
+    Args:
+        labels: ``[B, L]`` batch labels (-100 outside responses); rows are the predicted labels
+            ``labels[:, 1:]`` ordered by sample then position, as in ``ResponseHidden``.
+    """
+    m = labels[:, 1:] != IGNORE_INDEX
+    prev = torch.nn.functional.pad(m[:, :-1], (1, 0), value=False)
+    return (m & ~prev)[m].to(torch.uint8)
+
+
 def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: int,
-                dtype: torch.dtype, chunk: int, device: torch.device) -> tuple[list[str], dict[str, torch.Tensor]]:
+                dtype: torch.dtype, chunk: int | str, device: torch.device) -> tuple[list[str], dict[str, torch.Tensor]]:
     ids: list[str] = []
-    parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "rest_mass": [], "targets": []}
+    parts: dict[str, list[torch.Tensor]] = {"topk_ids": [], "topk_logprobs": [], "rest_mass": [], "targets": [],
+                                            "run_start": []}
     counts: list[int] = []
     for i in range(0, len(samples), batch_size):
         batch = collate(samples[i : i + batch_size])
         if batch is None or batch.get("student") is None:
             continue
         rh = teacher_response(teacher, send_to_device(batch["student"], device))
-        for start in range(0, rh.hidden.shape[0], chunk):  # bounded [chunk, V] logits at a time
-            sl = slice(start, start + chunk)
+        per_chunk = chunk_rows(chunk, rh.weight.shape[0])
+        for start in range(0, rh.hidden.shape[0], per_chunk):  # bounded [chunk, V] logits at a time
+            sl = slice(start, start + per_chunk)
             part = dataclasses.replace(rh, hidden=rh.hidden[sl], targets=rh.targets[sl],
                                        sample_index=rh.sample_index[sl])
             for key, v in topk_rows(part.logits(), k, dtype).items():
                 parts[key].append(v.cpu())
         parts["targets"].append(rh.targets.to(torch.int32).cpu())
+        starts = run_starts(batch["student"]["labels"])
+        if starts.numel() != rh.targets.numel():  # an adapter whose rows are not the shifted labels
+            raise RuntimeError(f"cache-teacher: the teacher labels {starts.numel()} response tokens but returned "
+                               f"{rh.targets.numel()} response rows; its adapter must take rows from labels[:, 1:]")
+        parts["run_start"].append(starts)
         counts += torch.bincount(rh.sample_index.cpu(), minlength=len(batch["ids"])).tolist()
         ids += list(batch["ids"])
     rows = {key: torch.cat(v) if v else torch.zeros(0) for key, v in parts.items()}
@@ -91,7 +112,11 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
         template = cfg.teacher.chat_template or getattr(teacher.tokenizer, "chat_template", None)
         fp = fingerprint(data=cfg.data.train, tokenizer=teacher.tokenizer, template=template,
                          max_length=cfg.data.max_length, teacher=str(cfg.teacher.path or cfg.teacher.config))
+        # The teacher's tokenizer travels with the cache: a student with another tokenizer decodes the
+        # cached ids with it (cross-tokenizer alignment) without the teacher's files.
+        teacher.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         write_index(out, {"fingerprint": fp, "top_k": top_k, "vocab_size": teacher.vocab_size, "dtype": dtype,
+                          "teacher_tokenizer": TOKENIZER_DIR,
                           "shards": [f"shard-{s:05d}.safetensors" for s in range(n_shards)],
                           "data_report": report.to_dict() if hasattr(report, "to_dict") else {}})
         read_index(out)

@@ -145,6 +145,8 @@ class BatchAlignment:
             the group index of each row; span_w: ``[G]`` weight of each merged group.
         counts: student response tokens in one-to-one groups / merged groups / unaligned (uld tails).
         mode: ``byte_aligned`` or ``uld``; vocab_t, vocab_s: ``[S]`` the shared-token id pairs.
+        teacher_rows: ``[B]`` teacher response rows each sample keeps (all its turns unless truncation
+            dropped some on the student side); a teacher cache reads these first rows of each sample.
     """
 
     pair_t: torch.Tensor
@@ -159,6 +161,7 @@ class BatchAlignment:
     mode: str = "byte_aligned"
     vocab_t: torch.Tensor | None = None
     vocab_s: torch.Tensor | None = None
+    teacher_rows: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> BatchAlignment:
         """A copy with every tensor on ``device``."""
@@ -258,4 +261,4 @@ class Aligner:
             return torch.tensor(x, dtype=torch.long)
 
         return BatchAlignment(li(pt), li(ps), torch.tensor(pw), li(st), li(stg), li(ss), li(ssg), torch.tensor(sw),
-                              counts, self.mode, self.vocab_t, self.vocab_s)
+                              counts, self.mode, self.vocab_t, self.vocab_s, li([al.n_teacher for al in aligned]))

@@ -105,9 +105,10 @@ class PairCollator:
         report: ``DataReport`` that counts skipped samples (once per sample id).
         strict: re-raise ``SkipSample`` instead of skipping.
         teacher_cache: a ``TeacherCache`` standing in for the teacher; each sample's response ids
-            are checked against the ids the cache was written for.
+            are checked against the ids the cache was written for (with an aligner: aligned to them).
         aligner: a ``data.alignment.Aligner`` when the two tokenizers differ: it replaces the
             same-ids check, may skip a sample (``xtok_*`` reasons) and adds ``"alignment"`` to the batch.
+            Its teacher side is the teacher adapter's encoding, or the cached teacher ids.
     Returns per call: ``student``/``teacher`` are the adapters' padded batches (``labels [B, L]``
     with -100 outside responses), ``ids`` the kept sample ids in order, ``num_tokens`` the number of
     response tokens the student predicts (``labels[:, 1:] != -100``), ``skipped`` the
@@ -152,6 +153,10 @@ class PairCollator:
             t = self.teacher.encode(sample, self.teacher_max_length) if self.teacher is not None else None
             if self.aligner is not None and t is not None:
                 return s, t, self.aligner.align(sample.id, s, t)
+            if self.aligner is not None and self.teacher_cache is not None and sample.id in self.teacher_cache:
+                # The cache stands in for the teacher: its response ids (teacher tokenizer) by turn.
+                cached = {"labels": self.teacher_cache.teacher_labels(sample.id)}
+                return s, None, self.aligner.align(sample.id, s, cached)
         except SkipSample as skip:
             self._skip(sample.id, skip.reason, skip.detail, skipped)
             return None
@@ -161,7 +166,7 @@ class PairCollator:
         if t is not None:
             turns = sum(1 for m in sample.messages if m["role"] == "assistant")
             check_pair(sample.id, s, t, num_turns=turns, tokenizer=tokenizer)
-        elif self.teacher_cache is not None and sample.id in self.teacher_cache:
+        elif self.teacher_cache is not None and self.aligner is None and sample.id in self.teacher_cache:
             cached = {"labels": self.teacher_cache.rows([sample.id])["targets"]}
             check_pair(sample.id, {"labels": predicted_labels(s)}, cached, tokenizer=tokenizer)
         return s, t
@@ -180,7 +185,9 @@ class PairCollator:
             return {"student": None, "teacher": None, "ids": [], "num_tokens": 0, "skipped": skipped}
         batch = self.student.collate(enc_s)
         labels = batch["labels"]
-        extra = {"alignment": self.aligner.collate(aligned)} if aligned else {}
+        # Row offsets need every kept sample aligned; a batch with samples outside the teacher cache
+        # (validation data) gets none, and only its LM loss is measured.
+        extra = {"alignment": self.aligner.collate(aligned)} if aligned and len(aligned) == len(ids) else {}
         return {
             **extra,
             "student": batch,

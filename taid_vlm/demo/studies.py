@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -93,6 +94,17 @@ class Study:
 def mean_spread(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 for n seeds); beyond 9, the normal's.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over ``values`` (e.g. one score per seed; 0 for one)."""
+    m, sd = mean_spread(values)
+    n = len(values)
+    return m, (T975.get(n - 1, 1.96) * sd / math.sqrt(n)) if n > 1 else 0.0
 
 
 def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -205,9 +205,26 @@ def _full_fallback(loss, hidden, weight, t_hidden, t_weight, t_logits, mask, lab
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss.stats}
 
 
+# "auto" chunk rows: one fp32 [rows, V] buffer of about this size. Two such buffers (student and
+# teacher) are alive per chunk; at V = 151,936 this gives 104 rows (2 x 63 MiB) where a fixed 1,024
+# would hold 2 x 622 MiB. Small vocabularies keep the 1,024-row cap (few, large matmuls).
+AUTO_CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_rows(chunk_size: int | str, vocab: int) -> int:
+    """Rows per chunk of the fused loop: an int as given; ``"auto"`` sizes a ``[rows, vocab]`` fp32
+    buffer near ``AUTO_CHUNK_BYTES``, a multiple of 8 in ``[16, 1024]``."""
+    if chunk_size == "auto":
+        rows = AUTO_CHUNK_BYTES // (4 * max(int(vocab), 1))
+        return int(min(1024, max(16, rows // 8 * 8)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
+    return chunk_size
+
+
 def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tensor,
                         teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
-                        loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
+                        loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int | str = "auto",
                         labels: torch.Tensor | None = None, reduction: str = "mean", distil_ratio: float = 1.0,
                         teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> dict[str, torch.Tensor]:
     """Total = (1 - distil_ratio) * lm + distil_ratio * distil from hidden states, chunk by chunk.
@@ -219,7 +236,7 @@ def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tens
             chunk at a time); all None for sft. The teacher gets no gradient.
         loss: registry name (built with ``loss_kwargs``) or a ``DistillLoss``.
         mask: ``[N]`` bool, None = all valid; labels: ``[N]`` int64 targets (-100 = masked).
-        chunk_size: rows per chunk. reduction: "mean" over valid tokens or "sum".
+        chunk_size: rows per chunk, or "auto" (``chunk_rows``). reduction: "mean" over valid tokens or "sum".
         distil_ratio: weight of the distillation loss; labels are required when it is < 1.
     Returns:
         ``{"loss", "distil_loss", "lm_loss", **stat sums}``; only ``loss`` carries gradient (w.r.t.
@@ -230,10 +247,9 @@ def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tens
     loss = _resolve_loss(loss, loss_kwargs)
     check_reduction(reduction)
     ratio = check_range("distil_ratio", distil_ratio, 0.0, 1.0)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     _check_linear(student_hidden, student_weight, "student_hidden", "student_weight")
     n, vocab = student_hidden.shape[0], student_weight.shape[0]
+    chunk_size = chunk_rows(chunk_size, vocab)
     _check_teacher(loss, n, vocab, teacher_hidden, teacher_weight, teacher_logits)
     m = flat_mask(mask, student_hidden.shape[:1], student_hidden.device)
     need_labels = loss.needs_labels or (ratio < 1.0 and loss.needs_teacher) or not loss.needs_teacher
@@ -257,7 +273,7 @@ def fused_linear_losses(student_hidden: torch.Tensor, student_weight: torch.Tens
 
 def fused_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
                        teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None, *,
-                       loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int = 1024,
+                       loss: str | DistillLoss = "taid", mask: torch.Tensor | None = None, chunk_size: int | str = "auto",
                        labels: torch.Tensor | None = None, reduction: str = "mean",
                        teacher_logits: torch.Tensor | TopKLogprobs | None = None, **loss_kwargs) -> torch.Tensor:
     """The distillation loss alone (``distil_ratio = 1``) from hidden states; see ``fused_linear_losses``.

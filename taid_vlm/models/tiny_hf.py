@@ -23,10 +23,16 @@ _IDEFICS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] +
 _GEMMA = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
 _MISTRAL = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
 FAMILY_TOKENS = _QWEN + _INTERNVL + _IDEFICS + _GEMMA + _MISTRAL
+# PaliGemma's detection/segmentation tokens: real Gemma vocabularies hold them, and PaliGemmaProcessor
+# adds any that are missing (as plain tokens) whenever it is built, also when a saved one is loaded.
+# In the shared vocabulary from the start, a saved tiny PaliGemma reloads with the same vocabulary.
+LOC_SEG_TOKENS = [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
 
 # Attributes each processor reads from its tokenizer (token strings; ``*_id`` added from them).
 _ATTRS: dict[str, dict[str, str]] = {
     "llava": {"image_token": "<image>"},
+    "llava_next": {"image_token": "<image>"},
+    "llava_onevision": {"image_token": "<image>", "video_token": "<video>"},
     "qwen2_vl": {},
     "qwen3_vl": {},
     "internvl": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
@@ -36,7 +42,7 @@ _ATTRS: dict[str, dict[str, str]] = {
     "mistral3": {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"},
     "gemma3": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
 }
-TINY_VARIANTS = ("llava_clip", "llava_siglip", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
+TINY_VARIANTS = ("llava_clip", "llava_siglip", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "paligemma",
                  "gemma3", "mistral3")
 # Registry family of each tiny variant.
 VARIANT_FAMILY = {v: v for v in TINY_VARIANTS} | {"llava_clip": "llava", "llava_siglip": "llava"}
@@ -47,16 +53,17 @@ def vlm_tokenizer(base: Any) -> Any:
     """A copy of ``base`` with every family's special tokens added (idempotent, order fixed)."""
     tok = copy.deepcopy(base)
     tok.add_special_tokens({"extra_special_tokens": FAMILY_TOKENS}, replace_extra_special_tokens=False)
+    tok.add_tokens(LOC_SEG_TOKENS)
     return tok
 
 
 def family_tokenizer(base: Any, family: str) -> Any:
-    """``vlm_tokenizer(base)`` with the attribute names ``family``'s processor reads."""
+    """``vlm_tokenizer(base)`` with the named tokens ``family``'s processor reads (``image_token``,
+    ``boi_token``, ... and their ``*_id``), registered as transformers 5's model-specific special
+    tokens so that they are saved in tokenizer_config.json and a saved teacher reloads with them."""
     tok = vlm_tokenizer(base)
-    for name, token in _ATTRS.get(family, {}).items():
-        setattr(tok, name, token)
-        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
-    return tok
+    names = _ATTRS.get(family, {})
+    return as_tokenizer_class(tok, type(tok), **names) if names else tok
 
 
 def as_tokenizer_class(tok: Any, cls: Any, **kwargs: Any) -> Any:
@@ -112,6 +119,53 @@ def _llava(variant: str, tok: Any) -> tuple[Any, Any]:
     proc = LlavaProcessor(ip, tok, patch_size=8, vision_feature_select_strategy=strategy,
                           num_additional_image_tokens=1 if clip else 0, chat_template=T.LLAVA)
     return LlavaForConditionalGeneration(cfg), proc
+
+
+# anyres grids (height, width) in px: one 32 px crop, or 1x2 / 2x1 / 2x2 crops, beside the base view.
+_PINPOINTS = [[_SIZE, _SIZE], [_SIZE, 2 * _SIZE], [2 * _SIZE, _SIZE], [2 * _SIZE, 2 * _SIZE]]
+
+
+def _llava_next(tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    # LLaVA-1.6: CLIP tower (class token dropped: "default"), Mistral LM, anyres crops; 4x4 patches
+    # per 32 px crop -> 16 base tokens + the unpadded crop grid with a newline token per row.
+    cfg = LlavaNextConfig(vision_config={"model_type": "clip_vision_model", **_vit()},
+                          text_config={"model_type": "mistral", **_text(tok)}, image_grid_pinpoints=_PINPOINTS,
+                          image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                          vision_feature_select_strategy="default", image_seq_length=16)
+    ip = LlavaNextImageProcessor(size={"shortest_edge": _SIZE}, crop_size={"height": _SIZE, "width": _SIZE},
+                                 image_grid_pinpoints=_PINPOINTS)
+    proc = LlavaNextProcessor(ip, tok, patch_size=8, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, chat_template=T.LLAVA_NEXT)
+    return LlavaNextForConditionalGeneration(cfg), proc
+
+
+def _llava_onevision(tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    # SigLIP tower (no class token: "full"), Qwen2 LM, anyres_max_9 crops of 32 px (16 tokens each).
+    cfg = LlavaOnevisionConfig(vision_config={"model_type": "siglip_vision_model", **_vit()},
+                               text_config={"model_type": "qwen2", **_text(tok)}, image_grid_pinpoints=_PINPOINTS,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+                               vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    ip = LlavaOnevisionImageProcessor(size={"height": _SIZE, "width": _SIZE}, image_grid_pinpoints=_PINPOINTS)
+    video = LlavaOnevisionVideoProcessor(size={"height": _SIZE, "width": _SIZE})
+    proc = LlavaOnevisionProcessor(ip, tok, video, num_image_tokens=16, vision_feature_select_strategy="full",
+                                   vision_aspect_ratio="anyres_max_9", chat_template=T.LLAVA_ONEVISION)
+    return LlavaOnevisionForConditionalGeneration(cfg), proc
 
 
 def _qwen(variant: str, tok: Any) -> tuple[Any, Any]:
@@ -194,7 +248,6 @@ def _idefics3(tok: Any) -> tuple[Any, Any]:
 
 def _paligemma(tok: Any) -> tuple[Any, Any]:
     from transformers import (
-        GemmaTokenizerFast,
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
         PaliGemmaProcessor,
@@ -206,13 +259,11 @@ def _paligemma(tok: Any) -> tuple[Any, Any]:
                           image_token_index=tok.convert_tokens_to_ids("<image>"), projection_dim=32)
     ip = SiglipImageProcessor(size={"height": _SIZE, "width": _SIZE})
     ip.image_seq_length = 16  # 4x4 patches, no pooling
-    # The processor adds 1,152 <loc>/<seg> detection tokens to the tokenizer it is given; give it a
-    # throwaway copy, then put the shared tokenizer back so the vocabulary stays the shared one.
-    # mask_token=None: transformers 5's Gemma tokenizer would add a "<mask>" token to the shared vocabulary.
-    tok = as_tokenizer_class(tok, GemmaTokenizerFast, add_bos_token=False, add_eos_token=False, mask_token=None)
-    proc = PaliGemmaProcessor(ip, copy.deepcopy(tok), chat_template=T.PALIGEMMA)
-    proc.tokenizer = tok
-    return PaliGemmaForConditionalGeneration(cfg), proc
+    # The shared tokenizer class, not GemmaTokenizerFast: transformers 5 rebuilds a Gemma tokenizer's
+    # normaliser and pre-tokenizer on load (SentencePiece style), so a saved teacher would tokenize
+    # differently from the byte-level BPE it was built with. The <loc>/<seg> tokens the processor
+    # adds are in the shared vocabulary already (LOC_SEG_TOKENS).
+    return PaliGemmaForConditionalGeneration(cfg), PaliGemmaProcessor(ip, tok, chat_template=T.PALIGEMMA)
 
 
 def _mistral3(tok: Any) -> tuple[Any, Any]:
@@ -264,11 +315,11 @@ def tiny_vlm(variant: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         raise ValueError(f"unknown tiny VLM variant {variant!r}; valid: {', '.join(TINY_VARIANTS)}")
     tok = family_tokenizer(tokenizer, VARIANT_FAMILY[variant])
     torch.manual_seed(seed)
-    if variant.startswith("llava"):
+    if variant in ("llava_clip", "llava_siglip"):
         model, proc = _llava(variant, tok)
     elif variant.startswith("qwen"):
         model, proc = _qwen(variant, tok)
     else:
-        model, proc = {"internvl": _internvl, "idefics3": _idefics3, "paligemma": _paligemma,
+        model, proc = {"llava_next": _llava_next, "llava_onevision": _llava_onevision, "internvl": _internvl, "idefics3": _idefics3, "paligemma": _paligemma,
                        "gemma3": _gemma3, "mistral3": _mistral3}[variant](tok)
     return model.eval(), proc

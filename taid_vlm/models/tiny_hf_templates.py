@@ -34,6 +34,13 @@ LLAVA = (
     "{% else %}{{ 'ASSISTANT:\n' }}" + _content("") + "{{ eos_token + '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:\n' }}{% endif %}"
 )
+# LLaVA-1.6 (Mistral style): "[INST] <image>\n... [/INST]\n" — the answer on its own line.
+LLAVA_NEXT = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}" + _content("") + "{{ eos_token + '\n' }}"
+    "{% else %}{{ '[INST] ' }}" + _content("<image>\n") + "{{ ' [/INST]\n' }}{% endif %}{% endfor %}"
+)
+# LLaVA-OneVision (Qwen2 ChatML, "<image>\n" before the text).
+LLAVA_ONEVISION = _chatml("<image>\n")
 QWEN2_VL = _chatml("<|vision_start|><|image_pad|><|vision_end|>")
 INTERNVL = _chatml("<IMG_CONTEXT>\n")
 # Idefics3 / SmolVLM: "<|im_start|>User:<image>...<end_of_utterance>\nAssistant:answer".

@@ -17,7 +17,7 @@ Parameter counts come from the model configs, instantiated on the meta device (a
   tower likewise over its patch tokens when it is trained;
 - teacher activations: no autograd, one layer alive: ``34 * B * L * H_t * b_t / 2``;
 - fused loss: six fp32 ``[R, V]`` buffers (student and teacher logits, their softmaxes, the target,
-  the gradient), ``R = loss.chunk_size`` (fused) or ``B * L`` (unfused).
+  the gradient), ``R`` = the rows of ``loss.chunk_size`` (``chunk_rows``; fused) or ``B * L`` (unfused).
 
 A placement fits when its busiest device needs at most 90% of ``--gpu-memory`` (the rest: CUDA
 context, NCCL buffers, allocator fragmentation).
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from taid_vlm.config import Config, ConfigError, ModelConfig, StudentConfig
+from taid_vlm.losses.fused import chunk_rows
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
@@ -206,7 +207,7 @@ def placement_memory(cfg: Config, teacher: Shape, student: Shape, gpus: int, pla
     act = _acts(tokens, student.hidden, student.layers, a, ckpt)
     if student.vision_params and getattr(cfg.student, "train_vision", False):
         act += _acts(cfg.train.batch_size * student.vision_tokens, student.vision_hidden, student.vision_layers, a, ckpt)
-    rows = cfg.loss.chunk_size if cfg.loss.fused else tokens
+    rows = chunk_rows(cfg.loss.chunk_size, student.vocab) if cfg.loss.fused else tokens
     out = {
         "teacher_weights": t_dev,
         "student_weights": student.params * bs / n_s,

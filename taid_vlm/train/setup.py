@@ -72,9 +72,12 @@ def check_paths(cfg: Config) -> None:
                 continue  # a hub dataset id: loaded (from the local cache) with the data
             raise ConfigError(f"{name}: {value!r} does not exist")
     uses_teacher = cfg.loss.needs_teacher and not cfg.teacher.cache
-    if uses_teacher and cfg.teacher.path and not Path(cfg.teacher.path).exists():
-        raise ConfigError(f"teacher.path: {cfg.teacher.path!r} does not exist")
-    if uses_teacher and cfg.teacher.tokenizer and not Path(cfg.teacher.tokenizer).exists():
+    # Across tokenizers a cache run still reads the teacher's tokenizer (named by these, or the cache's copy).
+    uses_teacher_tokenizer = uses_teacher or (cfg.loss.needs_teacher and cfg.teacher.tokenizer_alignment != "shared")
+    if uses_teacher_tokenizer and cfg.teacher.path and not Path(cfg.teacher.path).exists():
+        hint = "; set teacher.path: null to use the tokenizer stored in teacher.cache" if not uses_teacher else ""
+        raise ConfigError(f"teacher.path: {cfg.teacher.path!r} does not exist{hint}")
+    if uses_teacher_tokenizer and cfg.teacher.tokenizer and not Path(cfg.teacher.tokenizer).exists():
         raise ConfigError(f"teacher.tokenizer: {cfg.teacher.tokenizer!r} does not exist")
     from taid_vlm.adapters.registry import available_adapters
 
@@ -199,20 +202,37 @@ def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | N
     return student, teacher
 
 
-def _open_cache(cfg: Config, student: Adapter) -> TeacherCache | None:
-    """The teacher cache, checked against this run's data, tokenizer, template and length."""
+def _open_cache(cfg: Config, student: Adapter) -> tuple[TeacherCache | None, Any]:
+    """``(cache, teacher tokenizer)``: the teacher cache, checked against this run's data, tokenizer,
+    template and length. With one tokenizer the cache's ids are the student's (tokenizer None);
+    across tokenizers they are the teacher's, so the check is against the teacher tokenizer the run
+    names (teacher.tokenizer or teacher.path), else against the copy stored in the cache."""
     if not (cfg.loss.needs_teacher and cfg.teacher.cache):
-        return None
+        return None, None
     from taid_vlm.cache import TeacherCache
 
     cache = TeacherCache(cfg.teacher.cache)
-    template = cfg.student.chat_template or getattr(student.tokenizer, "chat_template", None)
-    cache.check(data=cfg.data.train, tokenizer=student.tokenizer, template=template, max_length=cfg.data.max_length)
-    return cache
+    if cfg.teacher.tokenizer_alignment == "shared":
+        template = cfg.student.chat_template or getattr(student.tokenizer, "chat_template", None)
+        cache.check(data=cfg.data.train, tokenizer=student.tokenizer, template=template,
+                    max_length=cfg.data.max_length)
+        return cache, None
+    if not cache.has_turns:
+        raise ConfigError(f"teacher.cache: {cfg.teacher.cache} was written before cross-tokenizer caches (no turn "
+                          "boundaries); re-run cache-teacher to use it with teacher.tokenizer_alignment "
+                          f"{cfg.teacher.tokenizer_alignment}")
+    setting = ("teacher.tokenizer" if cfg.teacher.tokenizer else "teacher.path" if cfg.teacher.path
+               else "teacher.cache")
+    tok = cache.teacher_tokenizer(cfg.teacher.tokenizer or cfg.teacher.path,
+                                  trust_remote_code=cfg.teacher.trust_remote_code)
+    template = cfg.teacher.chat_template or getattr(tok, "chat_template", None)
+    cache.check(data=cfg.data.train, tokenizer=tok, template=template, max_length=cfg.data.max_length,
+                tokenizer_setting=setting)
+    return cache, tok
 
 
 def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: TeacherCache | None,
-               acc: Accelerator):
+               acc: Accelerator, teacher_tokenizer: Any = None):
     """``(samples, val, collate, report, plan)``: records are read lazily (``taid_vlm.data.loading``)
     unless the teacher cache or student sampling needs every sample id up front."""
     from taid_vlm.data.loading import load_train_data
@@ -241,10 +261,11 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
     if d.format == "text" and student.name != "text":
         raise ConfigError(f"data.format: text needs a text student (family text), got {student.name!r}")
     report = DataReport()
+    aligner = _aligner(cfg, student, teacher.tokenizer if teacher is not None else teacher_tokenizer)
 
     def make_collate() -> PairCollator:
         return PairCollator(student, teacher, max_length=d.max_length, report=report, strict=d.strict,
-                            teacher_cache=cache, aligner=_aligner(cfg, student, teacher))
+                            teacher_cache=cache, aligner=aligner)
 
     if cache is not None or cfg.sampling.mode != "none":
         # With a cache, bad images are found now, as the cache writer found them (else they would
@@ -280,15 +301,16 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
     return data_items, val, collate, report, plan
 
 
-def _aligner(cfg: Config, student: Adapter, teacher: Adapter | None):
-    """The cross-tokenizer ``Aligner`` (None for ``shared``); a pair the mode cannot use fails here."""
+def _aligner(cfg: Config, student: Adapter, teacher_tokenizer: Any):
+    """The cross-tokenizer ``Aligner`` (None for ``shared`` or without a teacher); a pair the mode
+    cannot use fails here. ``teacher_tokenizer``: the live teacher's, or the teacher cache's."""
     mode = cfg.teacher.tokenizer_alignment
-    if teacher is None or mode == "shared":
+    if teacher_tokenizer is None or mode == "shared":
         return None
     from taid_vlm.data.alignment import Aligner
 
     try:
-        return Aligner(mode, teacher.tokenizer, student.tokenizer)
+        return Aligner(mode, teacher_tokenizer, student.tokenizer)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -311,8 +333,8 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
 
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.loss_options()).to(acc.device)
 
-    cache = _open_cache(cfg, student)
-    samples, val, collate, report, plan = _load_data(cfg, student, teacher, cache, acc)
+    cache, cache_tokenizer = _open_cache(cfg, student)
+    samples, val, collate, report, plan = _load_data(cfg, student, teacher, cache, acc, cache_tokenizer)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
 
     sampler = None

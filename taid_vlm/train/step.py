@@ -19,6 +19,7 @@ from taid_vlm.losses import DistillLoss, TopKLogprobs
 
 if TYPE_CHECKING:
     from taid_vlm.cache import TeacherCache
+    from taid_vlm.train.cross_step import CachedTeacherRows
     from taid_vlm.train.setup import RunParts
 
 
@@ -66,13 +67,29 @@ def cached_teacher_logprobs(cache: TeacherCache, student: ResponseHidden, ids: l
                         student.weight.shape[0]).to(student.hidden.device)
 
 
+def cached_teacher_rows(cache: TeacherCache, student: ResponseHidden, ids: list[str],
+                        alignment: Any) -> CachedTeacherRows:
+    """A cross-tokenizer batch's teacher rows from the cache (``cross_step.CachedTeacherRows``): each
+    sample's first ``alignment.teacher_rows`` rows (the turns the alignment kept), in the teacher's
+    vocabulary, on the student's device."""
+    from taid_vlm.train.cross_step import CachedTeacherRows
+
+    rows = cache.rows(ids, lengths=alignment.teacher_rows.tolist())
+    dev = student.hidden.device
+    return CachedTeacherRows(TopKLogprobs(rows["topk_ids"], rows["topk_logprobs"], rows["rest_mass"],
+                                          cache.vocab_size).to(dev), rows["targets"].long().to(dev))
+
+
 def teacher_side(parts: RunParts, student: ResponseHidden, batch: dict[str, Any]
-                 ) -> tuple[ResponseHidden | None, TopKLogprobs | None]:
+                 ) -> tuple[ResponseHidden | CachedTeacherRows | None, TopKLogprobs | None]:
     """``(teacher rows, None)`` from a live teacher, ``(None, top-k rows)`` from a cache, or
-    ``(None, None)`` without a teacher (sft). Teacher/student alignment was checked at collation."""
+    ``(None, None)`` without a teacher (sft). Teacher/student alignment was checked at collation.
+    Across tokenizers a cache gives ``(CachedTeacherRows, None)``: the rows the alignment refers to."""
     if parts.teacher is not None:
         return teacher_response(parts.teacher, batch["teacher"]), None
     if parts.cache is not None and parts.loss_fn.needs_teacher:
+        if batch.get("alignment") is not None:
+            return cached_teacher_rows(parts.cache, student, batch["ids"], batch["alignment"]), None
         return None, cached_teacher_logprobs(parts.cache, student, batch["ids"])
     return None, None
 
@@ -86,12 +103,12 @@ def stack_sums(out: dict[str, torch.Tensor], keys: tuple[str, ...], device: torc
 
 def compute_losses(
     student: ResponseHidden,
-    teacher: ResponseHidden | None,
+    teacher: ResponseHidden | CachedTeacherRows | None,
     loss_fn: DistillLoss,
     *,
     distil_ratio: float = 1.0,
     fused: bool = True,
-    chunk_size: int = 1024,
+    chunk_size: int | str = "auto",
     teacher_logits: torch.Tensor | TopKLogprobs | None = None,
     alignment: Any = None,
 ) -> dict[str, torch.Tensor]:
@@ -99,7 +116,8 @@ def compute_losses(
 
     Args:
         student: student response rows (``hidden [N, H]``, ``weight [V, H]``).
-        teacher: teacher response rows (``hidden [N, Ht]``) or None (sft, or a cache).
+        teacher: teacher response rows (``hidden [N, Ht]``) or None (sft, or a cache); across
+            tokenizers also a cache's ``CachedTeacherRows``.
         loss_fn: a ``taid_vlm.losses.DistillLoss``.
         teacher_logits: ``[N, V]`` teacher logits/log-probs, or a cache's ``TopKLogprobs`` (sparse on
             the fused path; densified on the full path), instead of ``teacher``.

@@ -4,6 +4,7 @@ tokenizer into a text student with another, on the teacher's own (greedy) output
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,6 @@ def test_shared_mode_refuses_two_tokenizers_naming_the_setting(tmp_path, xtok_en
 
 @pytest.mark.parametrize("extra, message", [
     ({"loss__name": "dkd"}, "needs target ids in one vocabulary"),
-    ({"teacher__cache": "somewhere"}, "needs a live teacher"),
     ({"teacher__tokenizer_alignment": "bytes"}, "must be one of"),
 ])
 def test_modes_the_run_cannot_use_fail_at_start_up(tmp_path, xtok_env, capsys, extra, message):
@@ -115,6 +115,52 @@ def test_modes_the_run_cannot_use_fail_at_start_up(tmp_path, xtok_env, capsys, e
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "teacher.tokenizer_alignment" in err and message in err
+
+
+@pytest.fixture(scope="module")
+def xtok_cache(tmp_path_factory, xtok_env) -> Path:
+    """``cache-teacher`` of the teacher over the set at k = V in float32 (exact), written once: the
+    cache does not depend on the alignment mode, so every mode below reads this one."""
+    root = tmp_path_factory.mktemp("xtok_cache")
+    cfg = _config(root / "c.yaml", xtok_env, "byte_aligned")
+    out = root / "cache"
+    assert main(["cache-teacher", str(cfg), "--output", str(out), "--top-k", "100000", "--dtype", "float32"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("mode, loss, teacher_path", [("byte_aligned", "taid", True), ("uld", "fkl", False)])
+def test_training_from_a_full_cache_equals_the_live_teacher(tmp_path, xtok_env, xtok_cache, mode, loss,
+                                                            teacher_path):
+    """Cache-teacher then train, in a cross mode, through ``main``: at k = V the run from the cache
+    logs the live run's losses, gradient norms and alignment shares, and skips no sample. The uld
+    run names no teacher at all (teacher.path null): the cache's copy of the teacher tokenizer serves."""
+    runs = {}
+    for name, extra in (("live", []),
+                        ("cache", [f"teacher.cache={xtok_cache}", *([] if teacher_path else ["teacher.path=null"])])):
+        (tmp_path / name).mkdir()
+        cfg = _config(tmp_path / name / "c.yaml", xtok_env, mode, loss__name=loss, train__max_steps=2)
+        assert main(["train", str(cfg), *extra]) == 0
+        out = tmp_path / name / "out"
+        runs[name] = (read_jsonl(out / "logs" / "train.jsonl"), json.loads((out / "final" / "metrics.json").read_text()))
+    (live, live_final), (cached, cached_final) = runs["live"], runs["cache"]
+    assert len(cached) == 2 and all(math.isfinite(r["loss"]) and r["distil_loss"] > 0 for r in cached)
+    for key, rel in (("loss", 1e-5), ("distil_loss", 1e-5), ("lm_loss", 1e-5), ("grad_norm", 1e-4)):
+        assert [r[key] for r in cached] == pytest.approx([r[key] for r in live], rel=rel), key
+    for key in ("xtok_one_to_one", "xtok_merged", "xtok_unaligned"):
+        assert [r[key] for r in cached] == [r[key] for r in live], key
+    # Validation reads the cache too (the validation set is the training set here).
+    assert cached_final["metrics"]["val_distil_loss"] == pytest.approx(live_final["metrics"]["val_distil_loss"],
+                                                                       rel=1e-5)
+    report = cached_final["data_report"]
+    assert report["skipped"] == {} and report["used"] == N
+
+
+def test_cache_of_another_teacher_tokenizer_is_refused_naming_the_setting(tmp_path, xtok_env, xtok_cache, capsys):
+    cfg = _config(tmp_path / "c.yaml", xtok_env, "uld", train__max_steps=1)
+    other = xtok_env["root"] / "tok_s"  # the student's tokenizer, not the one the cache was written with
+    assert main(["train", str(cfg), f"teacher.cache={xtok_cache}", f"teacher.tokenizer={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "different tokenizer" in err and "teacher.tokenizer" in err and not (tmp_path / "out" / "logs").exists()
 
 
 def test_cross_tokenizer_study_quick(tmp_path):
@@ -126,10 +172,16 @@ def test_cross_tokenizer_study_quick(tmp_path):
     spec.loader.exec_module(mod)
     assert mod.main(["--quick", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out")]) == 0
     rep = json.loads((tmp_path / "out" / "cross_tokenizer.json").read_text())
-    assert [r["alignment"] for r in rep["runs"]] == ["shared", "byte_aligned", "uld", "shared"]
-    for r in rep["runs"]:
+    runs = [rs[0] for rs in rep["runs"].values()]  # one seed in --quick
+    assert [r["alignment"] for r in runs] == ["shared", "byte_aligned", "uld", "byte_aligned", "uld", "shared"]
+    for r in runs:
         assert 0 < r["nll_per_char"] < 10 and 0 <= r["exact_match"] <= 100
-    byte = rep["runs"][1]["shares_last_step"]
+    # paired differences: a run against itself is 0, and each is its own run's minus the floor's
+    same = rep["differences"]["same tokenizer, taid"]["vs_same_tokenizer"]["nll_per_char"]
+    assert same["per_seed"] == [0.0] and same["mean"] == 0.0
+    floor = rep["differences"]["cross tokenizer, byte_aligned taid"]["vs_sft_floor"]["nll_per_char"]
+    assert floor["per_seed"][0] == pytest.approx(runs[1]["nll_per_char"] - runs[5]["nll_per_char"])
+    byte = runs[1]["shares_last_step"]
     assert byte["xtok_one_to_one"] + byte["xtok_merged"] + byte["xtok_unaligned"] == pytest.approx(1.0)
     assert "| student |" in (tmp_path / "out" / "cross_tokenizer.md").read_text()
     assert (tmp_path / "out" / "cross_tokenizer.png").is_file()

@@ -101,15 +101,19 @@ def test_parts_are_disjoint_and_cover_every_parameter(adapter):
     assert set(seen) == {id(p) for p in adapter.model.parameters()}
 
 
-def test_mistral3_batches_images_of_different_shapes_as_each_alone(tiny_tokenizer):
-    # Pixtral keeps each image's aspect ratio: a batch zero-pads them and image_sizes crops them back.
-    a = build_adapter("mistral3", config={"tiny": "mistral3"}, tokenizer=tiny_tokenizer)
+@pytest.mark.parametrize("variant", ["mistral3", "llava_next", "llava_onevision"])
+def test_images_of_different_shapes_batch_as_each_alone(tiny_tokenizer, variant):
+    # Pixtral keeps each image's aspect ratio, LLaVA-NeXT / OneVision cut a wide image into more anyres
+    # crops than a tall one: a batch zero-pads them and image_sizes crops the padding off again.
+    a = _CACHE.get(variant) or build_adapter(variant, config={"tiny": variant}, tokenizer=tiny_tokenizer)
     wide, tall = two_turn(0), two_turn(1)
-    wide.images = [ImageRef(image=_image(0, (32, 16)))]
+    wide.images = [ImageRef(image=_image(0, (64, 32)))]
     tall.images = [ImageRef(image=_image(1, (16, 32)))]
     encs = [a.encode(s, 512) for s in (wide, tall)]
-    assert encs[0]["pixel_values"].shape[-2:] != encs[1]["pixel_values"].shape[-2:]
+    assert encs[0]["pixel_values"].shape[1:] != encs[1]["pixel_values"].shape[1:]
+    batch = a.collate(encs)
+    assert batch["pixel_values"].shape[0] == 2 and batch["image_sizes"].shape == (2, 2)
     with torch.no_grad():
-        together = a.response_hidden(a.collate(encs)).logits()
+        together = a.response_hidden(batch).logits()
         alone = torch.cat([a.response_hidden(a.collate([e])).logits() for e in encs])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)

@@ -19,7 +19,8 @@ def qwen(tiny_tokenizer):
 
 
 def test_every_family_is_registered_with_its_model_types():
-    for fam in ("llava", "qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "paligemma", "gemma3"):
+    for fam in ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3",
+                "paligemma", "gemma3", "mistral3"):
         assert fam in available_adapters()
         assert family_for_model_type(fam) == fam
     assert family_for_model_type("smolvlm") == "idefics3"

@@ -47,3 +47,31 @@ def test_check_vocab_allows_padding_only():
     check_vocab(520, 512)
     with pytest.raises(ValueError, match="511 rows but the tokenizer has 512"):
         check_vocab(511, 512)
+
+
+def test_a_processor_markup_name_on_one_side_only_passes(tiny_tokenizer):
+    # transformers 5 lists a VLM tokenizer's image_token among its named special tokens; a text LM
+    # student's tokenizer has no such name, yet every id is the same.
+    from taid_vlm.models.tiny_hf import as_tokenizer_class
+
+    named = as_tokenizer_class(tiny_tokenizer, type(tiny_tokenizer), image_token="<image>")
+    assert named.special_tokens_map["image_token"] == "<image>"
+    check_tokenizers(named, tiny_tokenizer)
+    named.eos_token = "<|endoftext|>"
+    with pytest.raises(ValueError, match="special token eos_token"):
+        check_tokenizers(named, tiny_tokenizer)
+
+
+def test_tokenizers_that_differ_only_in_added_tokens_are_told_to_share_one(tiny_tokenizer):
+    from taid_vlm.models.tiny_hf import vlm_tokenizer
+
+    teacher = vlm_tokenizer(tiny_tokenizer)  # the base BPE + the VLM families' markup tokens
+    student = copy.deepcopy(tiny_tokenizer)  # a text LM's tokenizer; the composed student adds its image token
+    student.add_special_tokens({"extra_special_tokens": ["<|image_pad|>"]}, replace_extra_special_tokens=False)
+    assert student.convert_tokens_to_ids("<|image_pad|>") != teacher.convert_tokens_to_ids("<|image_pad|>")
+    with pytest.raises(ValueError, match=r"differ only in added tokens .*set student.tokenizer to the teacher's"):
+        check_tokenizers(teacher, student)
+    other = train_bpe_tokenizer(["a completely different corpus of words"] * 10, vocab_size=len(tiny_tokenizer))
+    with pytest.raises(ValueError) as err:
+        check_tokenizers(teacher, other)
+    assert "differ only in added tokens" not in str(err.value)

@@ -70,6 +70,8 @@ def test_legacy_taid_section_and_kwargs_are_read_with_a_warning(tmp_path):
         ("train.batch_size=two", "train.batch_size"),
         ("train.lrr=1", "train.lrr"),
         ("data.train=", "data.train"),
+        ("loss.chunk_size=0", "loss.chunk_size"),
+        ("loss.chunk_size=big", "loss.chunk_size"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:config. the top-level")

@@ -159,3 +159,24 @@ def test_fused_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fused_linear_losses(args.pop("student_hidden"), args.pop("student_weight"), args.pop("teacher_hidden"),
                             args.pop("teacher_weight"), **args)
+
+
+def test_auto_chunk_rows_bound_the_chunk_buffer():
+    from taid_vlm.losses.fused import AUTO_CHUNK_BYTES, chunk_rows
+
+    assert chunk_rows(100, 151936) == 100  # an int is taken as given
+    assert chunk_rows("auto", 151936) == 104  # 64 MiB / (4 B x 151,936) = 110 rows, down to a multiple of 8
+    assert chunk_rows("auto", 151936) * 151936 * 4 <= AUTO_CHUNK_BYTES
+    assert chunk_rows("auto", 32000) == 520
+    assert chunk_rows("auto", 512) == 1024  # small vocabularies: the cap
+    assert chunk_rows("auto", 10**8) == 16  # the floor
+    for bad in (0, -1, "big", 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            chunk_rows(bad, 1000)
+
+
+def test_fused_auto_chunk_equals_full():
+    h, w, th, tw, labels, mask = _inputs(9)
+    want = get_loss("taid", t=0.4)(h @ w.T, th @ tw.T, mask)
+    got = fused_distill_loss(h, w, th, tw, loss="taid", t=0.4, mask=mask, chunk_size="auto")
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
