@@ -21,32 +21,41 @@ def test_demo_artefacts_and_teacher_beats_the_blind_prior(demo_tiny):
         assert (demo_tiny / name).is_file(), name
     report = (demo_tiny / "report.md").read_text()
     assert "Student: TAID" in report and "Blind prior" in report and "95% CI" in report
+    assert "VQA accuracy by question type" in report and "| colour |" in report
     # The teacher must use the image: a clear margin over answering from the question alone.
     assert results["teacher"]["vqa"]["vqa_accuracy"] >= summary["blind_prior_vqa"] + 10
     # Students are several times smaller than the teacher.
     assert results["teacher"]["params"] >= 4 * results["student_taid"]["params"]
     # Every student had the same data, steps and seed.
-    steps = {n: [r["step"] for r in read_log(demo_tiny / n / "logs" / "train.jsonl")] for n in results}
+    steps = {n: [r["step"] for r in read_log(demo_tiny / n / "logs" / "train.jsonl")] for n in results
+             if n != "teacher"}
     assert steps["student_taid"] == steps["student_fkl"] == steps["student_sft"]
     t = [r["taid_t"] for r in read_log(demo_tiny / "student_taid" / "logs" / "train.jsonl")]
     assert t[0] == 0.4 and t[-1] > t[0] and all(b >= a for a, b in zip(t, t[1:]))
 
 
 def test_demo_rerun_reuses_finished_stages(demo_tiny, capsys):
-    before = (demo_tiny / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns
+    weights = demo_tiny / "student_taid" / "final" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
     assert main(["demo", "--preset", "tiny", "--output", str(demo_tiny)]) == 0
     out = capsys.readouterr().out
-    assert "teacher: reusing" in out and "student (TAID): reusing" in out
-    assert (demo_tiny / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns == before
+    assert "shipped demo teacher M" in out and "student (TAID): reusing" in out
+    assert "student (SFT (no teacher)): reusing" in out and "training (" not in out
+    assert weights.stat().st_mtime_ns == before
 
 
 def test_demo_teacher_saw_more_images_and_intervals_come_from_the_run(demo_tiny):
+    from taid_vlm.demo.teachers import build_info
+
     summary = json.loads((demo_tiny / "summary.json").read_text())
-    data = summary["preset"]["data"]
-    train = yaml.safe_load((demo_tiny / "teacher" / RUN_MARKER).read_text())["data"]["train"]
+    n_student = summary["preset"]["data"]["n_train"]
     student_train = yaml.safe_load((demo_tiny / "student_sft" / RUN_MARKER).read_text())["data"]["train"]
-    assert len(json.loads(Path(train).read_text())) == data["n_train"] >= 4 * data["n_student"]
-    assert len(json.loads(Path(student_train).read_text())) == data["n_student"]
+    records = json.loads(Path(student_train).read_text())
+    # The students' images are the first n of the teacher's set (a prefix: see test_synthetic).
+    assert [r["image"] for r in records] == [f"images/train_{i:05d}.png" for i in range(n_student)]
+    assert build_info("M")["spec"]["data"]["n_train"] >= 4 * n_student
+    teacher = yaml.safe_load((demo_tiny / "student_taid" / RUN_MARKER).read_text())["teacher"]["path"]
+    assert Path(teacher).name == "M" and Path(teacher).parent.name == "teachers"
     per_item = json.loads((demo_tiny / "results" / "student_taid.json").read_text())["items"]
     assert len(per_item["vqa"]) == summary["preset"]["eval"]["limit"]
     for name, stats in summary["intervals"].items():
