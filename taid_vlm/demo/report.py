@@ -46,6 +46,21 @@ def diff_table(diffs: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def type_table(results: dict[str, dict], question_types: list[str]) -> str:
+    """Markdown table of VQA accuracy per question type (``question_types[i]`` is the type of
+    held-out question ``i``): what the teacher knows that the students did or did not take."""
+    kinds = list(dict.fromkeys(question_types))
+    rows = ["| model | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for name, res in results.items():
+        scores = res["items"]["vqa"]
+        cells = []
+        for k in kinds:
+            vals = [s for s, t in zip(scores, question_types) if t == k]
+            cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "-")
+        rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def _plot_curves(out: Path, names: list[str]) -> None:
     import matplotlib
 
@@ -73,7 +88,7 @@ def _plot_curves(out: Path, names: list[str]) -> None:
 
 
 def write_report(out: Path, results: dict, times: dict, prior: list[float], preset: dict, args: Any,
-                 stages: dict[str, float] | None = None) -> str:
+                 stages: dict[str, float] | None = None, question_types: list[str] | None = None) -> str:
     """Write ``report.md``, ``summary.json``, ``curves.png`` and ``scores.png``; returns the text
     printed at the end of the run (scores, differences, verdicts)."""
     items = {n: r["items"] for n, r in results.items()}
@@ -88,13 +103,21 @@ def write_report(out: Path, results: dict, times: dict, prior: list[float], pres
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
                f"python {platform.python_version()}")
+    from taid_vlm.demo.teachers import build_info
+
     d, n_q = preset["data"], len(prior)
     n_conv = len(next(iter(items.values()))["tokens"])
-    setup = (f"Teacher trained on {d['n_train']} images, students on {d.get('n_student') or d['n_train']} "
-             f"(the first of the same set). Held out: {n_q} questions (VQA accuracy, agreement), {n_conv} "
+    built = build_info(preset["teacher"])
+    spec = built["spec"]
+    setup = (f"Teacher: the shipped teacher {preset['teacher']}, trained once by SFT on {spec['data']['n_train']} "
+             f"images ({spec['train']['max_steps']} steps; {built['date']}, eval/build_demo_teachers.py; its "
+             f"train time in the table is that build's). Students: the first {d['n_train']} images of the same "
+             f"set, {preset['student_train']['max_steps']} steps each, seed {args.seed}. Held out: {n_q} questions (VQA accuracy, agreement), {n_conv} "
              f"conversations (response NLL per token, teacher forcing), "
              f"{preset['eval'].get('caption_limit', preset['eval']['limit'])} images (captions).")
     printed = f"{table}\n\n{diff_table(diffs)}\n\n{words}"
+    if question_types:
+        printed += "\n\nVQA accuracy by question type:\n\n" + type_table(results, question_types)
     times_txt = ", ".join(f"{k} {v:.0f} s" for k, v in (stages or {}).items())
     text = (f"# taid-vlm demo ({args.preset} preset, seed {args.seed})\n\n{stamp}; {machine}\n\n{setup}\n\n"
             f"{printed}\n\n"

@@ -105,7 +105,7 @@ def verdicts(diffs: dict[str, dict], labels: dict[str, str]) -> str:
         d = diffs["best student - blind prior"]
         margin = d["vqa"]
         lines.append(f"- The best student ({labels.get(d['model'], d['model'])}) is "
-                     f"{format_ci(margin, signed=True)} points of VQA accuracy above the blind prior: it "
-                     + ("clears the blind prior by 15 points or more (lower bound of the interval)." if margin["low"] >= 15
-                        else "that is not a clear margin of 15 points (the interval's lower bound is below 15)."))
+                     f"{format_ci(margin, signed=True)} points of VQA accuracy above the blind prior: "
+                     + ("a margin of 15 points or more, even at the interval's lower bound." if margin["low"] >= 15
+                        else "not a clear margin of 15 points (the interval's lower bound is below 15)."))
     return "\n".join(lines)

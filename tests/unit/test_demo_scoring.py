@@ -41,7 +41,7 @@ def test_paired_differences_and_verdicts_follow_the_numbers(items):
     text = verdicts(diffs, {"student_taid": "Student: TAID"})
     assert "TAID beat SFT (+" in text and "TAID and Forward KL are not separated" in text.split("\n")[2]
     assert "on held-out NLL per token TAID beat Forward KL" in text
-    assert "Student: TAID" in text and "clears the blind prior by 15 points" in text
+    assert "Student: TAID" in text and "a margin of 15 points or more, even at the interval's lower bound" in text
 
 
 def test_agreement_uses_normalised_answers_and_stats_cover_every_model(items):
@@ -66,3 +66,13 @@ def test_blind_prior_answers_the_most_common_training_answer(tmp_path):
     (tmp_path / "v.json").write_text(json.dumps(val))
     assert blind_prior(str(tmp_path / "t.json"), str(tmp_path / "v.json"), limit=3) == [100.0, 0.0, 100.0]
     assert blind_prior(str(tmp_path / "t.json"), str(tmp_path / "v.json"), limit=1) == [100.0]
+
+
+def test_per_type_table_averages_each_question_type():
+    from taid_vlm.demo.report import type_table
+
+    results = {"teacher": {"items": {"vqa": [100.0, 0.0, 100.0, 100.0]}},
+               "student_sft": {"items": {"vqa": [0.0, 0.0, 100.0, 0.0]}}}
+    rows = type_table(results, ["colour", "count", "colour", "count"]).splitlines()
+    assert rows[0] == "| model | colour | count |"
+    assert rows[2] == "| Teacher (SFT) | 100.0 | 50.0 |" and rows[3] == "| Student: SFT (no teacher) | 50.0 | 0.0 |"
