@@ -1,10 +1,12 @@
 """Capacity gap: does the student improve as the teacher grows? TAID vs forward KL vs a baseline.
 
-    python eval/capacity_gap.py            # default preset, three teachers spanning > 10x parameters
+    python eval/capacity_gap.py            # default preset, the three shipped teachers S < M < L
     python eval/capacity_gap.py --quick    # tiny preset (used by a test)
 
 The paper's claim: with TAID, students keep improving with larger teachers; with KL-type
-baselines they stall or degrade. Writes ``capacity_gap.json/.md/.png`` to --output.
+baselines they stall or degrade. The teachers (``presets.TEACHERS``, built once by
+eval/build_demo_teachers.py) grow in parameters and in training, and each is scored here, so the
+table shows whether the larger teacher is also the better one. Writes ``capacity_gap.json/.md/.png`` to --output.
 """
 
 from __future__ import annotations
@@ -13,17 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from taid_vlm.demo.presets import _composed
+from taid_vlm.demo.presets import TEACHERS
 from taid_vlm.demo.studies import open_study, provenance, score_summary, study_parser, write_study
-
-TEACHERS = {  # name -> composed spec per preset; "M" is the preset's own teacher (same spec)
-    "default": [("S", _composed(48, 1, 64, 1, 32, 8, "mlp")),
-                ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
-                ("L", _composed(192, 4, 256, 4, 32, 8, "mlp"))],
-    "tiny": [("S", _composed(48, 1, 48, 1, 32, 8, "mlp")),
-             ("M", _composed(96, 2, 128, 2, 32, 8, "mlp")),
-             ("L", _composed(160, 3, 256, 3, 32, 8, "mlp"))],
-}
 
 
 def best_other_baseline(methods_json: Path) -> str:
@@ -65,21 +58,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list (default: taid, fkl and the best other baseline of methods.json)")
     ap.add_argument("--teachers", default=None, help="comma list of teacher names to run (default all)")
     args = ap.parse_args(argv)
-    study = open_study(args, teacher_steps=100 if args.quick else None)
+    study = open_study(args)
     preset = study.preset_name
     methods = (args.methods.split(",") if args.methods
                else ["taid", "fkl", best_other_baseline(Path(args.output) / "methods.json")])
     seeds = range(args.seeds or (1 if args.quick else 2))
-    wanted = args.teachers.split(",") if args.teachers else [n for n, _ in TEACHERS[preset]]
+    wanted = args.teachers.split(",") if args.teachers else list(TEACHERS)
     teachers, scores = [], {}
-    for name, spec in TEACHERS[preset]:
+    for name in TEACHERS:
         if name not in wanted:
             continue
-        # The preset's own teacher ("M"): its runs carry eval/methods.py's names, so a --work folder
+        # The preset's own teacher: its runs carry eval/methods.py's names, so a --work folder
         # shared with methods.py reuses those students instead of training them again.
-        own = spec == study.preset["teacher"]
-        tdir = study.teacher("teacher" if own else f"teacher_{name}", spec)
-        teachers.append({"name": name, **study.evaluate(tdir)})
+        own = name == study.preset["teacher"]
+        tdir = study.teacher(name)
+        teachers.append(study.evaluate_teacher(name))
         scores[name] = {}
         for m in methods:
             runs = [study.student(m, s, tdir, name=None if own else f"student_{name}_{m}_s{s}") for s in seeds]
@@ -87,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {**provenance(argv, "eval/capacity_gap.py"), "preset": preset, "methods": methods,
               "teachers": teachers, "scores": scores,
               "param_ratio": max(t["params"] for t in teachers) / min(t["params"] for t in teachers)}
-    rows = ["| teacher | params | teacher VQA | " + " | ".join(f"{m} VQA" for m in methods) + " |",
+    rows = ["| teacher | params | teacher VQA / NLL | " + " | ".join(f"{m} VQA / NLL" for m in methods) + " |",
             "|---" * (3 + len(methods)) + "|"]
     for t in teachers:
-        cells = " | ".join(f"{scores[t['name']][m]['vqa_mean']:.1f} ± {scores[t['name']][m]['vqa_sd']:.1f}"
-                           for m in methods)
-        rows.append(f"| {t['name']} | {t['params'] / 1e6:.2f}M | {t['vqa_accuracy']:.1f} | {cells} |")
+        cells = " | ".join(f"{c['vqa_mean']:.1f} ± {c['vqa_sd']:.1f} / {c['nll_mean']:.3f} ± {c['nll_sd']:.3f}"
+                           for c in (scores[t["name"]][m] for m in methods))
+        rows.append(f"| {t['name']} | {t['params'] / 1e6:.2f}M | {t['vqa_accuracy']:.1f} / {t['nll']:.3f} | {cells} |")
     out = write_study(args.output, "capacity_gap", f"Capacity gap ({preset} preset)", report, "\n".join(rows))
     _plot(report, out / "capacity_gap.png")
     return 0

@@ -22,10 +22,11 @@ from taid_vlm.demo.studies import (
 
 
 def _table(summary: dict[str, dict]) -> str:
-    rows = ["| method | VQA acc (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |", "|---|---|---|---|"]
+    rows = ["| method | VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
+            "|---|---|---|---|---|"]
     for m, s in sorted(summary.items(), key=lambda kv: -kv[1]["vqa_mean"]):
-        rows.append(f"| {m} | {s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['cider_mean']:.1f} ± "
-                    f"{s['cider_sd']:.1f} | {s['n']} |")
+        rows.append(f"| {m} | {s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['nll_mean']:.3f} ± {s['nll_sd']:.3f} | "
+                    f"{s['cider_mean']:.1f} ± {s['cider_sd']:.1f} | {s['n']} |")
     return "\n".join(rows)
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [study.student(m, s, teacher) for m in args.methods.split(",") for s in seeds]
     summary = {m: score_summary([r for r in rows if r["method"] == m])
                for m in dict.fromkeys(r["method"] for r in rows)}
-    teacher_res = study.evaluate(teacher)
+    teacher_res = study.evaluate_teacher()
     report = {**provenance(argv, "eval/methods.py"), "preset": study.preset_name, "runs": rows,
               "summary": summary, "teacher": teacher_res}
     out = write_study(args.output, "methods", f"Methods ({study.preset_name} preset)", report, _table(summary))

@@ -55,7 +55,10 @@ def _llava_record(name: str, image: str, objs: list, rng: random.Random) -> dict
 
 
 def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, scenes: dict) -> list[tuple]:
-    """Draw and save ``n`` images of ``split``; returns ``[(name, relative path, objects)]``."""
+    """Draw and save ``n`` images of ``split`` with their LLaVA records; returns ``[(name, relative
+    path, objects, record)]``. Each record is drawn right after its image, so the first ``k`` items
+    of a split are the same whatever ``n`` is: a smaller set is a prefix of a larger one (the demo's
+    students train on a prefix of the set its teacher was built on)."""
     items = []
     for i in range(n):
         name = f"{split}_{i:05d}"
@@ -63,7 +66,7 @@ def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, s
         rel = f"images/{name}.png"
         draw_scene(objs, image_size).save(out / rel, format="PNG", optimize=False)
         scenes[name] = scene_dict(objs)
-        items.append((name, rel, objs))
+        items.append((name, rel, objs, _llava_record(name, rel, objs, rng)))
     return items
 
 
@@ -80,13 +83,13 @@ def generate_synthetic(output_dir: str | Path, seed: int = 0, n_train: int = 100
     # Separate streams per split: adding validation images never changes the training set.
     train_rng, val_rng = random.Random(f"taid-synthetic-{seed}-train"), random.Random(f"taid-synthetic-{seed}-val")
     train_items = _split(out, "train", n_train, train_rng, image_size, scenes)
-    train = [_llava_record(name, rel, objs, train_rng) for name, rel, objs in train_items]
+    train = [it[3] for it in train_items]
     val_items = _split(out, "val", n_val, val_rng, image_size, scenes)
-    val = [_llava_record(name, rel, objs, val_rng) for name, rel, objs in val_items]
+    val = [it[3] for it in val_items]
     text = {"train_text": [_text_record(r, it[2]) for r, it in zip(train, train_items)],
             "val_text": [_text_record(r, it[2]) for r, it in zip(val, val_items)]}
     val_vqa, val_caption = [], []
-    for i, (name, rel, objs) in enumerate(val_items):
+    for i, (name, rel, objs, _) in enumerate(val_items):
         kind = QUESTION_TYPES[i % len(QUESTION_TYPES)]  # balanced question types
         q, a = question(objs, kind, val_rng)
         val_vqa.append({"question_id": name, "image": rel, "question": q, "answers": [a] * 10,

@@ -3,30 +3,62 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from taid_vlm.demo.presets import METHODS
+from taid_vlm.demo.scoring import model_stats, paired_stats, verdicts
+from taid_vlm.evaluation.bootstrap import format_ci
 from taid_vlm.train.run_log import read_log
 
 LABELS = {"teacher": "Teacher (SFT)", **{f"student_{k}": f"Student: {v}" for k, v in METHODS.items()}}
 
 
-def _row(name: str, res: dict[str, Any], seconds: float) -> str:
-    v, c = res["vqa"], res["caption"]
-    return (f"| {LABELS.get(name, name)} | {v['vqa_accuracy']:.1f} | {v['exact_match']:.1f} | "
-            f"{c['CIDEr'] * 100:.1f} | {c['Bleu_4'] * 100:.1f} | {res['params'] / 1e6:.2f}M | {seconds:.0f} s |")
+def _row(name: str, res: dict[str, Any], stats: dict[str, dict], seconds: float) -> str:
+    c = res["caption"]
+    agree = format_ci(stats["agreement"]) if "agreement" in stats else "-"
+    return (f"| {LABELS.get(name, name)} | {format_ci(stats['vqa'])} | {format_ci(stats['nll'], digits=3)} | "
+            f"{agree} | {c['CIDEr'] * 100:.1f} | {c['Bleu_4'] * 100:.1f} | {res['params'] / 1e6:.2f}M | "
+            f"{seconds:.0f} s |")
 
 
-def score_table(results: dict[str, dict], times: dict[str, float], chance: float) -> str:
-    """Markdown table: VQA accuracy, exact match, CIDEr, BLEU-4 (x100), parameters, train time."""
-    head = ("| model | VQA acc | exact match | CIDEr | BLEU-4 | params | train time |\n"
-            "|---|---|---|---|---|---|---|")
-    rows = [_row(n, results[n], times[n]) for n in results]
-    rows.append(f"| Blind prior (question only, no image) | {chance:.1f} | - | - | - | - | - |")
+def score_table(results: dict[str, dict], times: dict[str, float], stats: dict[str, dict]) -> str:
+    """Markdown table: VQA accuracy, response NLL per token and agreement with the teacher (each
+    with its bootstrap 95% interval), CIDEr, BLEU-4 (x100), parameters, train time."""
+    head = ("| model | VQA acc [95% CI] | NLL/token [95% CI] | agrees with teacher [95% CI] | CIDEr | BLEU-4 "
+            "| params | train time |\n|---|---|---|---|---|---|---|---|")
+    rows = [_row(n, results[n], stats[n], times[n]) for n in results]
+    rows.append(f"| Blind prior (question only, no image) | {format_ci(stats['blind_prior']['vqa'])} "
+                "| - | - | - | - | - | - |")
     return "\n".join([head, *rows])
+
+
+def diff_table(diffs: dict[str, dict]) -> str:
+    """Markdown table of the paired differences (estimate and bootstrap 95% interval)."""
+    rows = ["| paired difference | VQA acc (points) | NLL/token (nats; < 0: first is better) |",
+            "|---|---|---|"]
+    for label, d in diffs.items():
+        nll = format_ci(d["nll"], digits=3, signed=True) if "nll" in d else "-"
+        rows.append(f"| {label} | {format_ci(d['vqa'], signed=True)} | {nll} |")
+    return "\n".join(rows)
+
+
+def type_table(results: dict[str, dict], question_types: list[str]) -> str:
+    """Markdown table of VQA accuracy per question type (``question_types[i]`` is the type of
+    held-out question ``i``): what the teacher knows that the students did or did not take."""
+    kinds = list(dict.fromkeys(question_types))
+    rows = ["| model | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for name, res in results.items():
+        scores = res["items"]["vqa"]
+        cells = []
+        for k in kinds:
+            vals = [s for s, t in zip(scores, question_types) if t == k]
+            cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "-")
+        rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def _plot_curves(out: Path, names: list[str]) -> None:
@@ -55,9 +87,13 @@ def _plot_curves(out: Path, names: list[str]) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, results: dict, times: dict, chance: float, preset: dict, args: Any) -> str:
-    """Write ``report.md``, ``summary.json``, ``curves.png`` and ``scores.png``; returns the table."""
-    table = score_table(results, times, chance)
+def write_report(out: Path, results: dict, times: dict, prior: list[float], preset: dict, args: Any,
+                 stages: dict[str, float] | None = None, question_types: list[str] | None = None) -> str:
+    """Write ``report.md``, ``summary.json``, ``curves.png`` and ``scores.png``; returns the text
+    printed at the end of the run (scores, differences, verdicts)."""
+    items = {n: r["items"] for n, r in results.items()}
+    stats, diffs = model_stats(items, prior, seed=args.seed), paired_stats(items, prior, seed=args.seed)
+    table, words = score_table(results, times, stats), verdicts(diffs, LABELS)
     _plot_curves(out, list(results))
     from taid_vlm.evaluation.compare import compare_results
 
@@ -65,12 +101,37 @@ def write_report(out: Path, results: dict, times: dict, chance: float, preset: d
                                "BLEU-4 x100": r["caption"]["Bleu_4"] * 100} for n, r in results.items()}
     compare_results(list(flat.values()), names=list(flat), output=out / "scores")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
-    text = (f"# taid-vlm demo ({args.preset} preset, seed {args.seed})\n\n{stamp}; {machine}\n\n{table}\n\n"
-            "VQA accuracy is the official VQAv2 metric (x100) on the held-out synthetic questions; captions "
-            "are scored with pycocoevalcap (PTB tokenizer). Curves: curves.png; score bars: scores/.\n")
+    machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
+               f"python {platform.python_version()}")
+    from taid_vlm.demo.teachers import build_info
+
+    d, n_q = preset["data"], len(prior)
+    n_conv = len(next(iter(items.values()))["tokens"])
+    built = build_info(preset["teacher"])
+    spec = built["spec"]
+    setup = (f"Teacher: the shipped teacher {preset['teacher']}, trained once by SFT on {spec['data']['n_train']} "
+             f"images ({spec['train']['max_steps']} steps; {built['date']}, eval/build_demo_teachers.py; its "
+             f"train time in the table is that build's). Students: the first {d['n_train']} images of the same "
+             f"set, {preset['student_train']['max_steps']} steps each, seed {args.seed}. Held out: {n_q} questions (VQA accuracy, agreement), {n_conv} "
+             f"conversations (response NLL per token, teacher forcing), "
+             f"{preset['eval'].get('caption_limit', preset['eval']['limit'])} images (captions).")
+    printed = f"{table}\n\n{diff_table(diffs)}\n\n{words}"
+    if question_types:
+        printed += "\n\nVQA accuracy by question type:\n\n" + type_table(results, question_types)
+    times_txt = ", ".join(f"{k} {v:.0f} s" for k, v in (stages or {}).items())
+    text = (f"# taid-vlm demo ({args.preset} preset, seed {args.seed})\n\n{stamp}; {machine}\n\n{setup}\n\n"
+            f"{printed}\n\n"
+            "VQA accuracy is the official VQAv2 metric (x100) on the held-out synthetic questions; NLL/token "
+            "is the mean negative log-likelihood (nats) of the reference responses; agreement is the share "
+            "of questions where the student gives the teacher's (normalised) answer. Intervals: percentile "
+            "bootstrap over the held-out items (2,000 resamples); differences are paired (same resampled "
+            "items for both models). Captions are scored with pycocoevalcap (PTB tokenizer). "
+            "Curves: curves.png; score bars: scores/.\n\n"
+            f"Stage times (wall, this invocation; train times of reused runs are their original ones): {times_txt}\n")
     (out / "report.md").write_text(text)
+    slim = {n: {k: v for k, v in r.items() if k != "items"} for n, r in results.items()}
     (out / "summary.json").write_text(json.dumps(
-        {"results": results, "train_seconds": times, "blind_prior_vqa": chance, "preset": preset,
-         "date": stamp, "machine": machine}, indent=2))
-    return table
+        {"results": slim, "train_seconds": times, "stage_seconds": stages or {},
+         "blind_prior_vqa": stats["blind_prior"]["vqa"]["estimate"], "intervals": stats, "differences": diffs,
+         "preset": preset, "date": stamp, "machine": machine}, indent=2))
+    return printed

@@ -1,8 +1,11 @@
 """``taid-vlm demo``: the whole job on the built-in synthetic set, end to end.
 
-Stages (each reused on a re-run unless ``--fresh``): synthetic data -> BPE tokenizer -> teacher
-VLM trained by SFT -> students distilled with TAID and forward KL, and an SFT student, same data,
-steps and seed -> VQA/caption evaluation of all four -> table and plots under ``--output``.
+Stages (each reused on a re-run unless ``--fresh``): synthetic data (the students' part of the set
+the shipped teacher was built on: see ``teachers.py``) -> students distilled from that teacher with
+TAID and forward KL, and an SFT student, same data, steps and seed ->
+evaluation of all four on the held-out set (VQA accuracy, captions, response NLL, agreement with
+the teacher) -> table with bootstrap 95% intervals, paired differences, verdicts and plots under
+``--output``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import argparse
 import json
 import shutil
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +24,55 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def stage_data(out: Path, preset: dict, seed: int) -> dict[str, str]:
-    """Synthetic images + LLaVA train JSON + VQA/caption eval files, and the tokenizer."""
+def make_set(out: Path, data: dict[str, Any], seed: int, tokenizer_vocab: int | None = None) -> dict[str, str]:
+    """Generate the synthetic set of ``data`` (``n_train``, ``n_val``, ``image_size``) into
+    ``out / "data"`` unless a set of the same settings is there, and train a BPE tokenizer on its
+    text into ``out / "tokenizer"`` when ``tokenizer_vocab`` is given. Returns the paths (see
+    ``generate_synthetic``; ``tokenizer`` too when trained). A folder generated with other settings is
+    generated again, and the runs trained on it are removed (runs keep the data by path, so a run
+    made on the old set would pass for one on the new)."""
     from taid_vlm.data.synthetic import generate_synthetic, synthetic_corpus
     from taid_vlm.data.tokenizer import train_bpe_tokenizer
 
     data_dir, tok_dir = out / "data", out / "tokenizer"
+    spec = {**data, "seed": seed, "tokenizer_vocab": tokenizer_vocab}
     paths_file = data_dir / "paths.json"
+    if paths_file.is_file() and json.loads(paths_file.read_text()).get("spec") != spec:
+        from taid_vlm.train.setup import RUN_MARKER
+
+        stale = sorted(d for d in out.iterdir() if (d / RUN_MARKER).is_file())
+        _log(f"{data_dir} holds a set of other settings; generating it again and removing "
+             f"the {len(stale)} runs trained on it")
+        for d in [data_dir, tok_dir, *stale]:
+            shutil.rmtree(d, ignore_errors=True)
     if not paths_file.is_file():
         _log(f"generating the synthetic set in {data_dir}")
-        paths = generate_synthetic(data_dir, seed=seed, **preset["data"])
-        paths_file.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
-    paths = json.loads(paths_file.read_text())
-    if not (tok_dir / "tokenizer.json").is_file():
-        _log("training the BPE tokenizer on the set's text")
-        tok = train_bpe_tokenizer(synthetic_corpus(data_dir), vocab_size=preset["tokenizer_vocab"])
-        tok.save_pretrained(tok_dir)
-    paths["tokenizer"] = str(tok_dir)
+        paths = {k: str(v) for k, v in generate_synthetic(data_dir, seed=seed, n_train=data["n_train"],
+                                                          n_val=data["n_val"], image_size=data["image_size"]).items()}
+        paths_file.write_text(json.dumps({**paths, "spec": spec}))
+    paths = {k: v for k, v in json.loads(paths_file.read_text()).items() if k != "spec"}
+    if tokenizer_vocab:
+        if not (tok_dir / "tokenizer.json").is_file():
+            _log("training the BPE tokenizer on the set's text")
+            train_bpe_tokenizer(synthetic_corpus(data_dir), vocab_size=tokenizer_vocab).save_pretrained(tok_dir)
+        paths["tokenizer"] = str(tok_dir)
     return paths
+
+
+def stage_data(out: Path, preset: dict) -> dict[str, str]:
+    """The students' part of the teachers' set (its first ``preset["data"]["n_train"]`` training
+    images, the first ``n_val`` held-out ones), and the preset teacher's tokenizer as ``tokenizer``
+    (students and teacher share the vocabulary) and the teacher itself as ``teacher``."""
+    from taid_vlm.demo.presets import TEACHER_DATA
+    from taid_vlm.demo.teachers import teacher_dir
+
+    data = preset["data"]
+    if data["n_train"] > TEACHER_DATA["n_train"] or data["image_size"] != TEACHER_DATA["image_size"]:
+        raise ValueError(f"preset data {data}: the students' images must be a part of the teachers' set "
+                         f"{TEACHER_DATA}")
+    teacher = teacher_dir(preset["teacher"])
+    paths = make_set(out, data, TEACHER_DATA["seed"])
+    return {**paths, "tokenizer": str(teacher), "teacher": str(teacher)}
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -51,11 +84,16 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: str, seed: int,
-                 teacher_path: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config dict of one demo/study run (a composed student on the synthetic set)."""
+                 teacher_path: str | None, overrides: dict[str, Any] | None = None,
+                 train_file: str | None = None) -> dict[str, Any]:
+    """The config dict of one demo/study run (a composed model on the synthetic set); it trains on
+    ``train_file`` (default: the students' file ``paths["train"]``)."""
     cfg: dict[str, Any] = {
         "student": {"family": "composed", "config": student, "tokenizer": paths["tokenizer"]},
-        "data": {"train": paths["train"], "max_length": 256},
+        # One loader process: decoding the images and rendering the chat template cost about as much as
+        # a small model's step on a CPU (profiled: 0.26 s against 0.35 s per batch of 32), so on two
+        # cores the worker prepares the next batch while the step runs.
+        "data": {"train": train_file or paths["train"], "max_length": 256, "num_workers": 1},
         "loss": {"name": loss},
         "train": {"output_dir": str(run_dir), "seed": seed, "scheduler": "cosine", "save_every": 0,
                   "keep_last": 1, "cpu": True, **train},
@@ -95,45 +133,38 @@ def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
 
 
 def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) -> dict[str, Any]:
-    """VQA + caption scores of one saved model (reused when the result file is newer)."""
+    """Scores of one saved model, reused when the result file is newer than the model.
+
+    Returns ``{"vqa", "caption", "nll": scores, "params", "items"}``; ``items`` holds the per-item
+    values the intervals resample: ``vqa`` ``[N]`` accuracy and ``pred`` ``[N]`` answers of the
+    first ``eval.limit`` held-out questions, ``nll`` / ``tokens`` ``[M]`` per-conversation mean
+    response NLL (teacher forcing, no generation) and response tokens of the held-out
+    conversations (``val.json``, VQA turns and captions).
+    """
     if result_file.is_file() and result_file.stat().st_mtime >= (model_dir / "metrics.json").stat().st_mtime:
         return json.loads(result_file.read_text())
     from taid_vlm.adapters import build_adapter
-    from taid_vlm.evaluation import evaluate_file
+    from taid_vlm.evaluation import evaluate, load_task_samples
+    from taid_vlm.evaluation.text import perplexity
 
     adapter = build_adapter("composed", path=str(model_dir))
     ev = preset["eval"]
+    samples, _ = load_task_samples(paths["val_vqa"], "vqa", limit=ev["limit"])
     # The synthetic training data asks the bare question, so the evaluation does too.
-    vqa = evaluate_file(adapter, paths["val_vqa"], task="vqa", limit=ev["limit"], prompt="{question}",
-                        max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
-    cap = evaluate_file(adapter, paths["val_caption"], task="caption", limit=ev["limit"],
-                        max_new_tokens=ev["max_new_tokens"] * 2, batch_size=ev["batch_size"])
+    vqa = evaluate(adapter, samples, "vqa", prompt="{question}", max_new_tokens=ev["max_new_tokens"],
+                   batch_size=ev["batch_size"])
+    caps, _ = load_task_samples(paths["val_caption"], "caption", limit=ev.get("caption_limit", ev["limit"]))
+    cap = evaluate(adapter, caps, "caption", max_new_tokens=ev["max_new_tokens"] * 2, batch_size=ev["batch_size"])
+    convs, _ = load_task_samples(paths["val"], "text", limit=ev["limit"])
+    nll, per_conv = perplexity(adapter, convs, batch_size=ev["batch_size"], max_length=256)
+    per_conv = [p for p in per_conv if "skipped" not in p]
+    items = {"vqa": [p["scores"]["vqa_accuracy"] for p in vqa["predictions"]],
+             "pred": [p["prediction"] for p in vqa["predictions"]],
+             "nll": [p["nll"] for p in per_conv], "tokens": [p["num_tokens"] for p in per_conv]}
     params = sum(p.numel() for p in adapter.model.parameters())
-    result = {"vqa": vqa, "caption": cap, "params": params}
-    result_file.write_text(json.dumps(result, indent=2))
+    result = {"vqa": vqa["scores"], "caption": cap["scores"], "nll": nll, "params": params, "items": items}
+    result_file.write_text(json.dumps(result, indent=1))
     return result
-
-
-def blind_baseline(paths: dict, limit: int) -> float:
-    """VQA accuracy of answering each question with its most common training answer, image unseen.
-
-    This is the "chance" level a model reaches from the question text alone.
-    """
-    from taid_vlm.evaluation.vqa import vqa_accuracy
-
-    train = json.loads(Path(paths["train"]).read_text())
-    answers: dict[str, Counter] = defaultdict(Counter)
-    for rec in train:
-        turns = rec["conversations"]
-        for q, a in zip(turns[::2], turns[1::2]):
-            answers[q["value"].replace("<image>", "").strip()][a["value"].strip()] += 1
-    overall = Counter(a for c in answers.values() for a in c.elements())
-    val = json.loads(Path(paths["val_vqa"]).read_text())[:limit]
-    scores = []
-    for rec in val:
-        prior = answers.get(rec["question"].strip()) or overall
-        scores.append(vqa_accuracy(prior.most_common(1)[0][0], rec["answers"]))
-    return sum(scores) / max(1, len(scores))
 
 
 def demo_main(argv: list[str] | None = None) -> int:
@@ -142,7 +173,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for data, models, results")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the data and teacher are fixed)")
     parser.add_argument("--methods", default="taid,fkl,sft", help="students to train, from " + ",".join(METHODS))
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -154,24 +185,37 @@ def demo_main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    paths = stage_data(out, preset, args.seed)
-    teacher_dir = out / "teacher"
-    times = {"teacher": stage_train(teacher_dir, train_config(
-        teacher_dir, paths, preset["teacher"], preset["teacher_train"], "sft", args.seed, None), "teacher")}
+    paths = stage_data(out, preset)
+    stages = {"data": time.time() - t0}  # wall seconds of this invocation's stages (reused ones ~0)
+    from taid_vlm.demo.teachers import build_info
+
+    _log(f"teacher: the shipped demo teacher {preset['teacher']} ({paths['teacher']}; built by "
+         "eval/build_demo_teachers.py)")
+    times = {"teacher": build_info(preset["teacher"])["train_seconds"]}
+    models = {"teacher": Path(paths["teacher"])}
     for m in methods:
         run = out / f"student_{m}"
-        teacher = None if m == "sft" else str(teacher_dir / "final")
+        teacher = None if m == "sft" else paths["teacher"]
         cfg = train_config(run, paths, preset["student"], preset["student_train"], m, args.seed, teacher)
         times[f"student_{m}"] = stage_train(run, cfg, f"student ({METHODS[m]})")
+        models[f"student_{m}"] = run / "final"
     (out / "results").mkdir(exist_ok=True)
     results = {}
-    for name in times:
+    for name, model_dir in models.items():
         _log(f"evaluating {name}")
-        results[name] = stage_eval(out / name / "final", paths, preset, out / "results" / f"{name}.json")
+        t_eval = time.time()
+        results[name] = stage_eval(model_dir, paths, preset, out / "results" / f"{name}.json")
+        stages[f"eval_{name}"] = time.time() - t_eval
     from taid_vlm.demo.report import write_report
+    from taid_vlm.demo.scoring import blind_prior
 
-    chance = blind_baseline(paths, preset["eval"]["limit"])
-    table = write_report(out, results, times, chance, preset, args)
-    print(table)
+    # The prior of a model that reads the students' questions and labels but never the image.
+    prior = blind_prior(paths["train"], paths["val_vqa"], preset["eval"]["limit"])
+    stages.update({f"train_{k}": v for k, v in times.items() if k != "teacher"})
+    stages["total"] = time.time() - t0
+    types = [r.get("question_type", "all") for r in json.loads(Path(paths["val_vqa"]).read_text())]
+    text = write_report(out, results, times, prior, preset, args, stages,
+                        question_types=types[: len(prior)])
+    print(text)
     _log(f"done in {time.time() - t0:.0f} s; report: {out / 'report.md'}")
     return 0

@@ -1,7 +1,7 @@
 """Grids of runs on the synthetic task for the reproduction suites under ``eval/``.
 
-Every run of a study shares the data, the tokenizer and (per size) the teacher; students differ
-only in the method and the seed, with the same steps and batch size — the paper's comparison
+Every run of a study shares the data, the tokenizer and the shipped teacher(s) (``teachers.py``);
+students differ only in the method and the seed, with the same steps and batch size — the paper's comparison
 protocol at a scale a CPU can run.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from taid_vlm.demo.presets import PRESETS
 from taid_vlm.demo.run import stage_data, stage_eval, stage_train, train_config
+from taid_vlm.demo.teachers import teacher_dir
 
 # Study method name -> (loss name, config overrides).
 METHOD_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -39,43 +40,42 @@ def study_parser(doc: str, work: str) -> argparse.ArgumentParser:
     return ap
 
 
-def open_study(args: argparse.Namespace, student_steps: int | None = None,
-               teacher_steps: int | None = None) -> Study:
+def open_study(args: argparse.Namespace, student_steps: int | None = None) -> Study:
     """The Study of a script's parsed options: tiny preset and short students with --quick."""
     quick = args.quick
     return Study(args.work, "tiny" if quick else "default",
-                 student_steps=student_steps or (QUICK_STUDENT_STEPS if quick else None),
-                 teacher_steps=teacher_steps)
+                 student_steps=student_steps or (QUICK_STUDENT_STEPS if quick else None))
 
 
 class Study:
-    """One study's working folder: data, tokenizer and teachers made once, then student runs."""
+    """One study's working folder: the students' data made once, the shipped teachers, student runs."""
 
-    def __init__(self, work: str | Path, preset: str = "default", data_seed: int = 0,
-                 student_steps: int | None = None, teacher_steps: int | None = None) -> None:
+    def __init__(self, work: str | Path, preset: str = "default", student_steps: int | None = None) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.preset = json.loads(json.dumps(PRESETS[preset]))  # a private copy to adjust
         if student_steps:
             self.preset["student_train"]["max_steps"] = student_steps
-        if teacher_steps:  # only teachers trained by this study; an existing one is reused as is
-            self.preset["teacher_train"]["max_steps"] = teacher_steps
         self.preset_name = preset
-        self.paths = stage_data(self.work, self.preset, data_seed)
+        self.paths = stage_data(self.work, self.preset)
 
-    def teacher(self, name: str = "teacher", spec: dict | None = None, seed: int = 0) -> Path:
-        """Train (or reuse) an SFT teacher; ``spec`` overrides the preset's architecture."""
-        run = self.work / name
-        cfg = train_config(run, self.paths, spec or self.preset["teacher"], self.preset["teacher_train"],
-                           "sft", seed, None)
-        stage_train(run, cfg, name)
-        return run / "final"
+    def teacher(self, name: str | None = None) -> Path:
+        """A shipped demo teacher (``S``, ``M`` or ``L``; default the preset's), built once by
+        eval/build_demo_teachers.py."""
+        return teacher_dir(name or self.preset["teacher"])
 
-    def evaluate(self, model_dir: Path) -> dict[str, float]:
-        """VQA accuracy and CIDEr (x100) of a saved model, e.g. a teacher."""
-        res = stage_eval(model_dir, self.paths, self.preset, model_dir.parent / "eval.json")
+    def evaluate(self, model_dir: Path, result_file: Path | None = None) -> dict[str, float]:
+        """VQA accuracy, CIDEr (x100) and held-out response NLL per token of a saved model, e.g. a
+        teacher; the scores are kept in
+        ``result_file`` (default ``model_dir/../eval.json``) and reused while the model is unchanged."""
+        res = stage_eval(model_dir, self.paths, self.preset, result_file or model_dir.parent / "eval.json")
         return {"vqa_accuracy": res["vqa"]["vqa_accuracy"], "cider": res["caption"]["CIDEr"] * 100,
-                "params": res["params"]}
+                "nll": res["nll"]["nll"], "params": res["params"]}
+
+    def evaluate_teacher(self, name: str | None = None) -> dict[str, float]:
+        """``evaluate`` of a shipped teacher on this study's held-out items (kept in the work folder)."""
+        name = name or self.preset["teacher"]
+        return {"name": name, **self.evaluate(self.teacher(name), self.work / f"teacher_{name}_eval.json")}
 
     def student(self, method: str, seed: int, teacher: Path | None, name: str | None = None,
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,11 +108,13 @@ def ci95(values: list[float]) -> tuple[float, float]:
 
 
 def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean and sd of VQA accuracy and CIDEr over runs of one cell (e.g. the seeds of a method):
-    ``vqa_mean``, ``vqa_sd``, ``cider_mean``, ``cider_sd`` and ``n``."""
-    (vm, vs), (cm, cs) = (mean_spread([r["vqa_accuracy"] for r in runs]),
-                          mean_spread([r["cider"] for r in runs]))
-    return {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "n": len(runs)}
+    """Mean and sd of VQA accuracy, CIDEr and held-out NLL per token over runs of one cell (e.g. the
+    seeds of a method): ``vqa_mean``, ``vqa_sd``, ``cider_mean``, ``cider_sd``, ``nll_mean``,
+    ``nll_sd`` and ``n``."""
+    (vm, vs), (cm, cs), (nm, ns) = (mean_spread([r["vqa_accuracy"] for r in runs]),
+                                    mean_spread([r["cider"] for r in runs]), mean_spread([r["nll"] for r in runs]))
+    return {"vqa_mean": vm, "vqa_sd": vs, "cider_mean": cm, "cider_sd": cs, "nll_mean": nm, "nll_sd": ns,
+            "n": len(runs)}
 
 
 def provenance(argv: list[str], script: str) -> dict[str, str]:

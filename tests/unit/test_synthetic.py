@@ -41,6 +41,16 @@ def test_same_seed_same_bytes_other_seed_differs(synth, tmp_path):
                                                          "train_text", "val_text", "images"}
 
 
+def test_a_smaller_training_set_is_a_prefix_of_a_larger_one(synth, tmp_path):
+    # The demo's students train on the first n images of the set its shipped teacher was built on.
+    out, _ = synth
+    small = generate_synthetic(tmp_path / "s", seed=0, n_train=N_TRAIN // 3, n_val=N_VAL, image_size=SIZE)
+    full = json.loads((out / "train.json").read_text())
+    assert json.loads(small["train"].read_text()) == full[: N_TRAIN // 3]
+    big, part = digest(out / "images"), digest(tmp_path / "s" / "images")
+    assert part and all(big[k] == v for k, v in part.items())
+
+
 def test_text_variant_describes_the_scene_in_words(synth):
     out, _ = synth
     train = json.loads((out / "train.json").read_text())
