@@ -18,21 +18,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from taid_vlm.demo.presets import PRESETS, TEACHER_DATA, TEACHERS
+from taid_vlm.demo.report import mean_by_type
 from taid_vlm.demo.run import make_set, stage_eval, stage_train, train_config
 from taid_vlm.demo.studies import provenance, study_parser
 from taid_vlm.demo.teachers import BUILD_FILE, SHIPPED, build_spec
-
-
-def by_question_type(val_vqa: str, scores: list[float]) -> dict[str, float]:
-    """Mean VQA accuracy per question type of the first ``len(scores)`` held-out questions."""
-    groups: dict[str, list[float]] = defaultdict(list)
-    for rec, s in zip(json.loads(Path(val_vqa).read_text()), scores):
-        groups[rec["question_type"]].append(s)
-    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                 "train_seconds": seconds, "params": res["params"],
                 "scores": {"vqa_accuracy": res["vqa"]["vqa_accuracy"], "nll": res["nll"]["nll"],
                            "cider": res["caption"]["CIDEr"] * 100,
-                           "vqa_by_type": by_question_type(paths["val_vqa"], res["items"]["vqa"]),
+                           "vqa_by_type": dict(sorted(mean_by_type(
+                               res["items"]["vqa"],
+                               [r["question_type"] for r in json.loads(Path(paths["val_vqa"]).read_text())]).items())),
                            "held_out_questions": len(res["items"]["vqa"])}}
         target = dest / name
         shutil.rmtree(target, ignore_errors=True)

@@ -46,17 +46,23 @@ def diff_table(diffs: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def mean_by_type(scores: list[float], question_types: list[str]) -> dict[str, float]:
+    """Mean of ``scores[i]`` per ``question_types[i]``, types in order of first appearance (``zip``:
+    the shorter list decides how many questions count)."""
+    groups: dict[str, list[float]] = {}
+    for s, t in zip(scores, question_types):
+        groups.setdefault(t, []).append(s)
+    return {t: sum(v) / len(v) for t, v in groups.items()}
+
+
 def type_table(results: dict[str, dict], question_types: list[str]) -> str:
     """Markdown table of VQA accuracy per question type (``question_types[i]`` is the type of
     held-out question ``i``): what the teacher knows that the students did or did not take."""
     kinds = list(dict.fromkeys(question_types))
     rows = ["| model | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
     for name, res in results.items():
-        scores = res["items"]["vqa"]
-        cells = []
-        for k in kinds:
-            vals = [s for s, t in zip(scores, question_types) if t == k]
-            cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "-")
+        means = mean_by_type(res["items"]["vqa"], question_types)
+        cells = [f"{means[k]:.1f}" if k in means else "-" for k in kinds]
         rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

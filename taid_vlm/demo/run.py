@@ -84,16 +84,14 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: str, seed: int,
-                 teacher_path: str | None, overrides: dict[str, Any] | None = None,
-                 train_file: str | None = None) -> dict[str, Any]:
-    """The config dict of one demo/study run (a composed model on the synthetic set); it trains on
-    ``train_file`` (default: the students' file ``paths["train"]``)."""
+                 teacher_path: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config dict of one demo/study run (a composed model trained on ``paths["train"]``)."""
     cfg: dict[str, Any] = {
         "student": {"family": "composed", "config": student, "tokenizer": paths["tokenizer"]},
         # One loader process: decoding the images and rendering the chat template cost about as much as
         # a small model's step on a CPU (profiled: 0.26 s against 0.35 s per batch of 32), so on two
         # cores the worker prepares the next batch while the step runs.
-        "data": {"train": train_file or paths["train"], "max_length": 256, "num_workers": 1},
+        "data": {"train": paths["train"], "max_length": 256, "num_workers": 1},
         "loss": {"name": loss},
         "train": {"output_dir": str(run_dir), "seed": seed, "scheduler": "cosine", "save_every": 0,
                   "keep_last": 1, "cpu": True, **train},
