@@ -107,8 +107,11 @@ def write_report(out: Path, results: dict, times: dict, prior: list[float], pres
                                "BLEU-4 x100": r["caption"]["Bleu_4"] * 100} for n, r in results.items()}
     compare_results(list(flat.values()), names=list(flat), output=out / "scores")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    import torch
+
+    # The thread count changes the floating-point order, hence a student's scores: part of the record.
     machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
-               f"python {platform.python_version()}")
+               f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     from taid_vlm.demo.teachers import build_info
 
     d, n_q = preset["data"], len(prior)

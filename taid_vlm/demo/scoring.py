@@ -101,6 +101,13 @@ def _verdict(label: str, diff: dict[str, dict]) -> str:
 def verdicts(diffs: dict[str, dict], labels: dict[str, str]) -> str:
     """The paired differences in words (Markdown bullets), from the numbers of this run."""
     lines = [_verdict(label, d) for label, d in diffs.items() if label != "best student - blind prior"]
+    if lines:
+        # Measured by eval/methods.py: at the demo's scale the seed-to-seed spread of one student is as
+        # large as the differences between methods, so a separated pair here is not yet a ranking.
+        lines.append("- These intervals resample the held-out items of one training run per student; they do "
+                     "not cover training noise. Another seed, or another thread count (it changes the "
+                     "floating-point order), moves a single student by a few points: for a ranking, compare "
+                     "several seeds per method (eval/methods.py).")
     if "best student - blind prior" in diffs:
         d = diffs["best student - blind prior"]
         margin = d["vqa"]

@@ -117,6 +117,24 @@ def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
             "n": len(runs)}
 
 
+def paired_by_seed(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """Method ``a`` minus method ``b``, seed by seed (a seed fixes the student's init and data order
+    for every method, so the pair shares all but the loss): mean and 95% t-interval half-width over
+    the seeds both have, for VQA accuracy (``vqa``, ``vqa_ci``) and held-out NLL per token (``nll``,
+    ``nll_ci``; < 0: ``a`` is better), with the per-seed ``vqa_diffs`` / ``nll_diffs`` and ``n``;
+    None when no seed has both."""
+    by = {(r["method"], r["seed"]): r for r in runs}
+    seeds = sorted(s for m, s in by if m == a and (b, s) in by)
+    if not seeds:
+        return None
+    out: dict[str, Any] = {"a": a, "b": b, "seeds": seeds, "n": len(seeds)}
+    for key, metric in (("vqa", "vqa_accuracy"), ("nll", "nll")):
+        diffs = [by[(a, s)][metric] - by[(b, s)][metric] for s in seeds]
+        out[key], out[f"{key}_ci"] = ci95(diffs)
+        out[f"{key}_diffs"] = diffs
+    return out
+
+
 def provenance(argv: list[str], script: str) -> dict[str, str]:
     """The command, date and machine of a results file (thread count included: it changes the
     floating-point order, hence the runs' numbers)."""

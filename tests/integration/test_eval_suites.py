@@ -26,6 +26,10 @@ def _run(name: str, work: Path, out: Path, *extra: str) -> dict:
 def test_methods_quick(demo_tiny, tmp_path):
     rep = _run("methods", demo_tiny, tmp_path, "--methods", "sft,fkl,taid,taid_linear")
     assert set(rep["summary"]) == {"sft", "fkl", "taid", "taid_linear"}
+    diffs = {(d["a"], d["b"]): d for d in rep["differences"]}
+    assert set(diffs) == {("fkl", "sft"), ("taid", "sft"), ("taid_linear", "sft"), ("taid", "fkl")}
+    fkl, sft = (next(r for r in rep["runs"] if r["method"] == m) for m in ("fkl", "sft"))
+    assert diffs[("fkl", "sft")]["vqa"] == pytest.approx(fkl["vqa_accuracy"] - sft["vqa_accuracy"])
     assert all(0 <= s["vqa_mean"] <= 100 for s in rep["summary"].values())
     assert (tmp_path / "methods.png").is_file() and "| method |" in (tmp_path / "methods.md").read_text()
     assert rep["command"].startswith("python eval/methods.py") and rep["machine"]

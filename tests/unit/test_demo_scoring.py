@@ -42,6 +42,8 @@ def test_paired_differences_and_verdicts_follow_the_numbers(items):
     assert "TAID beat SFT (+" in text and "TAID and Forward KL are not separated" in text.split("\n")[2]
     assert "on held-out NLL per token TAID beat Forward KL" in text
     assert "Student: TAID" in text and "a margin of 15 points or more, even at the interval's lower bound" in text
+    assert "do not cover training noise" in text  # one run per student: the caveat is always printed
+    assert "training noise" not in verdicts({}, {})
 
 
 def test_agreement_uses_normalised_answers_and_stats_cover_every_model(items):
