@@ -51,7 +51,10 @@ class Study:
     """One study's working folder: the students' data made once, the shipped teachers, student runs."""
 
     def __init__(self, work: str | Path, preset: str = "default", student_steps: int | None = None) -> None:
-        self.work = Path(work)
+        # Resolved: a run's saved config names its paths, and a run is reused only when that config
+        # matches, so the same folder reached relatively, from another directory or through a
+        # symlink must give the same paths.
+        self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.preset = json.loads(json.dumps(PRESETS[preset]))  # a private copy to adjust
         if student_steps:

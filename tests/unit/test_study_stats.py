@@ -25,3 +25,15 @@ def test_paired_by_seed_differences_and_t_interval():
     assert t["seeds"] == [1] and t["vqa"] == pytest.approx(-4.0) and t["vqa_ci"] == 0.0
     assert paired_by_seed(runs, "rkl", "sft") is None
     assert score_summary([r for r in runs if r["method"] == "sft"])["vqa_sd"] == pytest.approx(5.0)
+
+
+def test_a_study_names_its_folder_the_same_way_however_it_is_reached(tmp_path, monkeypatch):
+    from taid_vlm.demo.studies import Study
+
+    real = tmp_path / "real"
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    a, b = Study("real", "tiny"), Study("link", "tiny")
+    # The configs of its runs name these paths; equal paths let either spelling reuse the runs.
+    data = {k: v for k, v in a.paths.items() if k not in ("tokenizer", "teacher")}  # those are the shipped teacher's
+    assert a.paths == b.paths and data and all(v.startswith(str(real.resolve())) for v in data.values())
