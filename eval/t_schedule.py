@@ -65,10 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.seeds or (1 if args.quick else 2))
     runs = []
     for name, t0, alpha, adaptive in grid:
-        per_seed = [study.student("taid" if adaptive else "taid_linear", s, teacher,
-                                  name=_run_name(t0, alpha, adaptive, s),
-                                  overrides={"loss": {"taid": {"t_start": t0, "alpha": alpha, "adaptive": adaptive}}})
-                    for s in seeds]
+        per_seed = []
+        for s in seeds:
+            run_name = _run_name(t0, alpha, adaptive, s)
+            # A default row is methods.py's run: its config must be that run's (method spec alone, no
+            # overrides), or the shared --work folder would hold two configs under one name and each
+            # script would retrain the other's run.
+            overrides = None if run_name is None else {"loss": {"taid": {"t_start": t0, "alpha": alpha,
+                                                                          "adaptive": adaptive}}}
+            per_seed.append(study.student("taid" if adaptive else "taid_linear", s, teacher, name=run_name,
+                                          overrides=overrides))
         log = read_log(Path(per_seed[0]["run"]) / "logs" / "train.jsonl")
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
                      **score_summary(per_seed), "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})

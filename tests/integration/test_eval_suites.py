@@ -36,6 +36,7 @@ def test_methods_quick(demo_tiny, tmp_path):
 
 
 def test_t_schedule_quick(demo_tiny, tmp_path):
+    methods = _run("methods", demo_tiny, tmp_path / "m", "--methods", "taid,taid_linear")
     rep = _run("t_schedule", demo_tiny, tmp_path)
     linear, *adaptive = rep["runs"]
     assert linear["adaptive"] is False and all(r["adaptive"] for r in adaptive)
@@ -43,6 +44,14 @@ def test_t_schedule_quick(demo_tiny, tmp_path):
     for r in adaptive:
         assert all(a >= b - 1e-12 for a, b in zip(r["t"], linear["t"]))
     assert (tmp_path / "t_schedule.png").is_file()
+    # The rows with TAID's default t_start / alpha are methods.py's runs, reused (same folder and the
+    # train time read back), not retrained; and methods.py then reuses them in turn.
+    shared = {r["method"]: r for r in methods["runs"]}
+    for row, method in ((linear, "taid_linear"), (adaptive[0], "taid")):
+        assert (row["seeds"][0]["run"], row["seeds"][0]["train_seconds"]) == (shared[method]["run"],
+                                                                             shared[method]["train_seconds"])
+    again = _run("methods", demo_tiny, tmp_path / "m2", "--methods", "taid,taid_linear")
+    assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in methods["runs"]]
 
 
 @pytest.mark.slow
