@@ -46,6 +46,15 @@ def diff_table(diffs: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def machine_line() -> str:
+    """The machine a result was obtained on, for reports and results files (thread count included:
+    it changes the floating-point order, hence a run's numbers)."""
+    import torch
+
+    return (f"{platform.machine()}, {platform.system()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
 def mean_by_type(scores: list[float], question_types: list[str]) -> dict[str, float]:
     """Mean of ``scores[i]`` per ``question_types[i]``, types in order of first appearance (``zip``:
     the shorter list decides how many questions count)."""
@@ -107,11 +116,7 @@ def write_report(out: Path, results: dict, times: dict, prior: list[float], pres
                                "BLEU-4 x100": r["caption"]["Bleu_4"] * 100} for n, r in results.items()}
     compare_results(list(flat.values()), names=list(flat), output=out / "scores")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    import torch
-
-    # The thread count changes the floating-point order, hence a student's scores: part of the record.
-    machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
-               f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    machine = machine_line()
     from taid_vlm.demo.teachers import build_info
 
     d, n_q = preset["data"], len(prior)

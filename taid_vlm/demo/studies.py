@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from taid_vlm.demo.presets import PRESETS
+from taid_vlm.demo.report import machine_line
 from taid_vlm.demo.run import stage_data, stage_eval, stage_train, train_config
 from taid_vlm.demo.teachers import teacher_dir
 
@@ -141,13 +140,8 @@ def paired_by_seed(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]
 def provenance(argv: list[str], script: str) -> dict[str, str]:
     """The command, date and machine of a results file (thread count included: it changes the
     floating-point order, hence the runs' numbers)."""
-    import torch
-
     return {"command": " ".join(["python", script, *argv]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} cores, "
-                       f"python {platform.python_version()}, torch {torch.__version__} "
-                       f"({torch.get_num_threads()} threads)"}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_line()}
 
 
 def write_study(out: str | Path, name: str, title: str, report: dict[str, Any], table: str) -> Path:
