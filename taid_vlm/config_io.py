@@ -204,7 +204,7 @@ def check_model_dict(data: dict[str, Any] | None, name: str, family: str) -> Non
         from taid_vlm.models.configuration import DEFAULT_PROJECTOR, DEFAULT_VISION
 
         _check_keys(data, name, {"vision", "projector", "text", "image_token"})
-        vision = _check_keys(data.get("vision") or {}, f"{name}.vision", {*DEFAULT_VISION, "pretrained"})
+        vision = _check_keys(data.get("vision") or {}, f"{name}.vision", {*DEFAULT_VISION, "pretrained", "from_model"})
         _check_keys(data.get("projector") or {}, f"{name}.projector", set(DEFAULT_PROJECTOR))
         text = _check_keys(data.get("text") or {}, f"{name}.text", {"path", "config"})
         if isinstance(text.get("config"), dict):

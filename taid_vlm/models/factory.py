@@ -10,6 +10,8 @@ Composed schema (``build_composed``); every key optional unless marked::
                                    # open_clip: vision_cfg keys (layers, width, patch_size, head_width)
         "pretrained": False,       # load the tower's weights: true (hf path / timm name) or an
                                    # open_clip weights tag string; saved students store false
+        "from_model": None,        # a saved composed model's folder (e.g. the teacher's): its tower,
+                                   # architecture and weights (other keys may be left out)
         "feature_layer": -1,       # block whose output feeds the projector (-2 as LLaVA-1.5)
         "image_size": 224,         # square input size; the processor resizes to it
         "image_mean": [0.5]*3, "image_std": [0.5]*3,
@@ -34,7 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, Sigl
 from taid_vlm.models.configuration import DEFAULT_VISION, TaidVLMConfig
 from taid_vlm.models.modeling import TaidVLMForConditionalGeneration
 from taid_vlm.models.processing import TaidVLMProcessor
-from taid_vlm.models.vision import load_pretrained_tower
+from taid_vlm.models.vision import load_pretrained_tower, load_tower_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,9 @@ def _resolve_vision(user_vision: dict[str, Any]):
     """``(pretrained tower or None, vision spec that rebuilds the tower offline)``."""
     vision = {**DEFAULT_VISION, **copy.deepcopy(user_vision)}
     tower = None
+    if user_vision.get("from_model"):
+        # Defaults are not the user's: only keys the user set are checked against the saved tower.
+        return load_tower_of_model(copy.deepcopy(user_vision))
     if vision.get("pretrained"):
         tower, vision = load_pretrained_tower(vision)
     elif vision["backend"] == "hf" and not vision.get("config") and vision.get("name"):

@@ -81,6 +81,16 @@ class TaidVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if isinstance(module, (nn.Linear, nn.LayerNorm)) and any(module is m for m in self.projector.modules()):
             module.reset_parameters()
 
+    def train(self, mode: bool = True) -> TaidVLMForConditionalGeneration:
+        """As ``nn.Module.train``, but a frozen vision tower (no parameter requires grad) stays in
+        eval mode: in train mode its batch norms would normalise with each batch's statistics and
+        overwrite the running ones, so a tower frozen as pretrained would still change (and dropout
+        would perturb features nothing learns from)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.vision_tower.parameters()):
+            self.vision_tower.eval()
+        return self
+
     # ---- parts and embeddings ------------------------------------------------------------
     def parts(self) -> dict[str, nn.Module]:
         """``{"vision", "projector", "lm"}`` for per-part trainability and learning rates."""

@@ -50,3 +50,51 @@ def layer_count_to_keep(num_layers: int, feature_layer: int) -> int:
     if not 0 < k <= num_layers:
         raise ValueError(f"vision.feature_layer={feature_layer} is out of range for {num_layers} layers")
     return k
+
+
+# The keys of a vision spec that fix the tower's architecture and input; ``from_model`` copies them.
+_ARCH_KEYS = ("backend", "name", "config", "feature_layer", "image_size", "image_mean", "image_std")
+
+
+def load_tower_of_model(spec: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The vision tower of a saved composed model (``spec["from_model"]``: a folder written by
+    ``save_pretrained``, e.g. the teacher's), with its weights, plus the resolved spec.
+
+    The architecture comes from that model's ``config.json``; a key the user spec also sets must
+    agree with it. The returned spec has ``from_model: None`` and ``pretrained: False``, so a student
+    saved with this tower rebuilds it from its own config and weights, without the source folder.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json`` or no safetensors weights.
+        ValueError: the folder is not a composed model, or a user key disagrees with its tower.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    src = Path(spec["from_model"])
+    cfg_file = src / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"vision.from_model: {src} has no config.json (a saved composed model folder)")
+    saved = json.loads(cfg_file.read_text()).get("vision")
+    if not isinstance(saved, dict):
+        raise ValueError(f"vision.from_model: {src} is not a composed model (its config.json has no `vision`)")
+    for key in _ARCH_KEYS:
+        if key in spec and spec[key] is not None and spec[key] != saved.get(key):
+            raise ValueError(f"vision.{key}={spec[key]!r} differs from the tower of {src} "
+                             f"({saved.get(key)!r}); leave it out to take the saved one")
+    resolved = {**spec, **{k: saved[k] for k in _ARCH_KEYS if k in saved}, "from_model": None, "pretrained": False}
+    tower = build_vision_tower(resolved)
+    # A model folder holds one model.safetensors or shards listed in model.safetensors.index.json.
+    index = src / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    prefix, state = "vision_tower.", {}
+    for name in files:
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"vision.from_model: {src / name} is missing")
+        with safe_open(str(src / name), framework="pt") as f:
+            state.update({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    tower.load_state_dict(state, strict=True)
+    return tower, resolved

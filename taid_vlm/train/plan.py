@@ -154,6 +154,8 @@ def _composed_shape(spec: ModelConfig) -> Shape:
         saved = hf_config_dict(spec.path)
         c = {"vision": saved["vision"], "projector": saved.get("projector"), "text": {"config": saved["text_config"]}}
     vision = {**DEFAULT_VISION, **copy.deepcopy(c.get("vision") or {})}
+    if vision.get("from_model"):  # the tower of a saved composed model: its config.json has the spec
+        vision = {**DEFAULT_VISION, **hf_config_dict(vision["from_model"])["vision"]}
     if vision["backend"] != "hf":
         raise ConfigError(f"student.config.vision.backend: the plan counts hf towers only, not {vision['backend']!r}")
     if not vision.get("config"):

@@ -196,3 +196,60 @@ def test_hf_backend_takes_the_vision_part_of_a_composite_config(tiny_tokenizer):
     assert model.config.num_image_tokens == 36 // 4
     batch = proc(text=PROMPT, images=_images(1))
     assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
+
+
+RESNET = {"backend": "timm", "name": "resnet10t", "feature_layer": 1, "image_size": 32,
+          "config": {"layers": [1] * 4, "channels": [8, 16, 32, 64], "stem_width": 8}}
+
+
+def test_tower_from_a_saved_model_is_copied_and_the_student_reloads_without_it(tiny_tokenizer, tmp_path):
+    cfg = tiny_composed_config()
+    cfg["vision"] = RESNET
+    torch.manual_seed(0)
+    source, _ = build_composed(cfg, tiny_tokenizer)
+    source.save_pretrained(tmp_path / "teacher")
+    student_cfg = tiny_composed_config()
+    student_cfg["vision"] = {"from_model": str(tmp_path / "teacher")}
+    torch.manual_seed(1)  # other random parts: only the tower is copied
+    student, proc = build_composed(student_cfg, tiny_tokenizer)
+    want = source.vision_tower.state_dict()
+    got = student.vision_tower.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not all(torch.equal(a, b) for a, b in zip(student.projector.parameters(), source.projector.parameters()))
+    assert student.config.vision["from_model"] is None and student.config.vision["name"] == "resnet10t"
+    assert proc.num_image_tokens == 64  # (32 px / stride 4)^2, from the saved tower's spec
+    student.save_pretrained(tmp_path / "student")
+    for f in (tmp_path / "teacher").iterdir():
+        f.unlink()
+    again = type(student).from_pretrained(tmp_path / "student")
+    assert all(torch.equal(again.vision_tower.state_dict()[k], want[k]) for k in want)
+
+
+def test_tower_from_model_refuses_a_conflicting_key_and_a_folder_without_a_model(tiny_tokenizer, tmp_path):
+    cfg = tiny_composed_config()
+    cfg["vision"] = RESNET
+    source, _ = build_composed(cfg, tiny_tokenizer)
+    source.save_pretrained(tmp_path / "teacher")
+    bad = tiny_composed_config()
+    bad["vision"] = {"from_model": str(tmp_path / "teacher"), "image_size": 64}
+    with pytest.raises(ValueError, match=r"vision.image_size=64 differs from the tower of"):
+        build_composed(bad, tiny_tokenizer)
+    bad["vision"] = {"from_model": str(tmp_path / "nothing")}
+    with pytest.raises(FileNotFoundError, match="vision.from_model"):
+        build_composed(bad, tiny_tokenizer)
+
+
+def test_a_frozen_batchnorm_tower_stays_in_eval_mode_and_keeps_its_statistics(tiny_tokenizer):
+    cfg = tiny_composed_config()
+    cfg["vision"] = RESNET
+    model, proc = build_composed(cfg, tiny_tokenizer)
+    before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
+    batch = proc(text=[PROMPT + "red<|im_end|>"] * 2, images=_images(2))
+    model.train()
+    assert model.vision_tower.training  # trainable: batch statistics, as usual
+    model.vision_tower.requires_grad_(False)
+    model.train()
+    assert not model.vision_tower.training and model.language_model.training
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    after = model.vision_tower.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running means/vars untouched
