@@ -151,11 +151,16 @@ class DataConfig:
     """Turn skipped records (bad image, empty answer, ...) into errors."""
     num_workers: int = 0
     """DataLoader worker processes for encoding."""
+    encode_cache_mb: int = 512
+    """Keep up to this many MB of encoded samples (token ids, labels, pixel tensors) in the process
+    that encodes, least recently used out first, so later epochs skip the image decoding and chat
+    template; 0 turns it off. Held once per encoding process (a loader worker, else the trainer)."""
 
     def check(self) -> None:
         _check(bool(self.train), "data.train", "set the training data file")
         _check(self.max_length >= 8, "data.max_length", f"must be >= 8, got {self.max_length}")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.encode_cache_mb >= 0, "data.encode_cache_mb", "must be >= 0")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         formats = ("auto", "llava", "sharegpt", "messages", "cauldron", "vqa", "caption", "hf", "text")
         _check(self.format in formats, "data.format", f"unknown format {self.format!r}; valid: {', '.join(formats)}")

@@ -7,6 +7,9 @@ own batch.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -94,6 +97,69 @@ def check_pair(sample_id: str, student: dict[str, Any], teacher: dict[str, Any],
     )
 
 
+def _encoding_key(sample: Sample) -> tuple | None:
+    """What decides a sample's encodings: its id, messages and image sources (a path with the
+    settings that open it, or a digest of the bytes); None for an in-memory image (not cached)."""
+    refs = []
+    for ref in sample.images:
+        path, data = getattr(ref, "path", None), getattr(ref, "data", None)
+        if path is not None:
+            refs.append((path, ref.root, ref.min_side, ref.max_side, ref.max_pixels))
+        elif data is not None:
+            refs.append(hashlib.blake2b(data, digest_size=16).digest())
+        else:
+            return None
+    return sample.id, json.dumps(sample.messages, sort_keys=True, default=str), tuple(refs)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 64
+
+
+class EncodingCache:
+    """Least-recently-used encodings of samples, bounded in bytes.
+
+    A run draws each record many times (an epoch per few hundred steps on a small set), and
+    encoding one (decoding its images, rendering the chat template once per assistant turn to find
+    the response spans, tokenizing; both sides with a teacher) costs more than a small model's
+    step on a CPU. Encoding is deterministic (no augmentation), so a cached encoding is the one a
+    fresh encode would give. ``datasets.map`` could pre-tokenize, but not through the adapters'
+    image processors and templates without writing every pixel tensor to disk first.
+
+    Args:
+        max_bytes: bound on the tensors held (0 disables the cache).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+
+    def get(self, key: tuple | None) -> Any:
+        if key is None or key not in self.items:
+            self.misses += key is not None
+            return None
+        self.items.move_to_end(key)
+        self.hits += 1
+        return self.items[key][0]
+
+    def put(self, key: tuple | None, value: Any) -> None:
+        size = _nbytes(value)
+        if key is None or size > self.max_bytes:
+            return
+        self.items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self.items.popitem(last=False)
+            self.bytes -= old
+
+
 class PairCollator:
     """``samples -> {"student", "teacher", "ids", "num_tokens", "skipped"}``.
 
@@ -109,6 +175,8 @@ class PairCollator:
         aligner: a ``data.alignment.Aligner`` when the two tokenizers differ: it replaces the
             same-ids check, may skip a sample (``xtok_*`` reasons) and adds ``"alignment"`` to the batch.
             Its teacher side is the teacher adapter's encoding, or the cached teacher ids.
+        encode_cache_bytes: bound of an ``EncodingCache`` of both sides' encodings (0: none).
+            Encodings are reused as they are: the adapters' ``collate`` must not change them.
     Returns per call: ``student``/``teacher`` are the adapters' padded batches (``labels [B, L]``
     with -100 outside responses), ``ids`` the kept sample ids in order, ``num_tokens`` the number of
     response tokens the student predicts (``labels[:, 1:] != -100``), ``skipped`` the
@@ -122,8 +190,9 @@ class PairCollator:
 
     def __init__(self, student: Any, teacher: Any = None, *, max_length: int, report: DataReport | None = None,
                  strict: bool = False, teacher_max_length: int | None = None, teacher_cache: Any = None,
-                 aligner: Any = None) -> None:
+                 aligner: Any = None, encode_cache_bytes: int = 0) -> None:
         self.student, self.teacher, self.teacher_cache = student, teacher, teacher_cache
+        self.cache = EncodingCache(encode_cache_bytes)
         self.aligner = aligner
         self.max_length = max_length
         self.teacher_max_length = teacher_max_length or max_length
@@ -148,6 +217,16 @@ class PairCollator:
         if isinstance(sample, BadRecord):
             self._skip(sample.id, sample.reason, sample.detail, skipped)
             return None
+        key = _encoding_key(sample) if self.cache.max_bytes else None
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        pair = self._encode(sample, skipped)
+        if pair is not None:
+            self.cache.put(key, pair)
+        return pair
+
+    def _encode(self, sample: Sample, skipped: list | None) -> tuple | None:
         try:
             s = self.student.encode(sample, self.max_length)
             t = self.teacher.encode(sample, self.teacher_max_length) if self.teacher is not None else None

@@ -265,7 +265,7 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
 
     def make_collate() -> PairCollator:
         return PairCollator(student, teacher, max_length=d.max_length, report=report, strict=d.strict,
-                            teacher_cache=cache, aligner=aligner)
+                            teacher_cache=cache, aligner=aligner, encode_cache_bytes=d.encode_cache_mb << 20)
 
     if cache is not None or cfg.sampling.mode != "none":
         # With a cache, bad images are found now, as the cache writer found them (else they would

@@ -124,3 +124,50 @@ def test_check_pair_prefix_rule():
         check_pair("s", dict(student), dict(teacher), num_turns=1)
     check_pair("s", student, teacher, num_turns=2)  # teacher kept 1 of 2 turns: student trimmed
     assert student["labels"].tolist() == [-100, 5, 6, -100, -100]
+
+
+class CountingSide(Side):
+    def __init__(self, tok):
+        super().__init__(tok)
+        self.calls = 0
+
+    def encode(self, sample, max_length):
+        self.calls += 1
+        return super().encode(sample, max_length)
+
+
+def test_encoding_cache_reuses_encodings_and_gives_the_same_batches(tiny_tokenizer):
+    samples = [sample("a", "red"), sample("b", "The circle is red.", "3"), sample("c", "blue")]
+    plain = PairCollator(Side(tiny_tokenizer), Side(tiny_tokenizer, PLAIN_TEMPLATE), max_length=128)
+    s, t = CountingSide(tiny_tokenizer), CountingSide(tiny_tokenizer)
+    cached = PairCollator(s, t, max_length=128, encode_cache_bytes=1 << 20)
+    for _ in range(3):  # three epochs: each sample encoded once per side
+        for batch in (samples[:2], samples[1:]):
+            want, got = plain(batch), cached(batch)
+            assert got["ids"] == want["ids"] and got["num_tokens"] == want["num_tokens"]
+            assert torch.equal(got["student"]["labels"], want["student"]["labels"])
+            assert torch.equal(got["student"]["input_ids"], want["student"]["input_ids"])
+    assert s.calls == t.calls == 3 and cached.cache.hits == 9
+    # Same id, other content (e.g. a generated response): encoded afresh, not served from the cache.
+    cached([sample("a", "green")])
+    assert s.calls == 4
+
+
+def test_encoding_cache_is_bounded_in_bytes_and_skips_are_not_cached(tiny_tokenizer):
+    s = CountingSide(tiny_tokenizer)
+    one = PairCollator(s, None, max_length=128)._encode(sample("a", "red"), None)
+    size = sum(v.numel() * v.element_size() for v in one[0].values())
+    coll = PairCollator(s, None, max_length=128, encode_cache_bytes=2 * size + size // 2)
+    for sid in "abc":  # three of the same size: the least recently used is dropped
+        coll([sample(sid, "red")])
+    assert len(coll.cache.items) == 2 and coll.cache.bytes <= coll.cache.max_bytes
+    calls = s.calls
+    coll([sample("c", "red")])
+    assert s.calls == calls
+    coll([sample("a", "red")])
+    assert s.calls == calls + 1
+    report = DataReport()
+    coll = PairCollator(s, None, max_length=8, report=report, encode_cache_bytes=1 << 20)
+    for _ in range(2):
+        coll([sample("long", "a very long answer " * 20)])
+    assert sum(report.skipped.values()) == 1 and not coll.cache.items
