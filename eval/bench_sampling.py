@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "adaptive":  # adaptive needs a validation loss to react to
             extra = {**extra, "data": {"val": study.paths["val_vqa"], "format": "auto"},
                      "eval": {"every": max(1, steps // 5), "max_batches": 2}}
+        # A live teacher: generated responses cannot be read from the preset's teacher cache.
+        extra = {**extra, "teacher": {"cache": None}}
         res = study.student("taid", 0, teacher, name=f"student_{mode}", overrides=extra)
         log = read_log(Path(res["run"]) / "logs" / "train.jsonl")
         steps_s = [r["tokens"] / r["tokens_per_s"] for r in log if r.get("tokens_per_s")]

@@ -333,6 +333,10 @@ class SamplingConfig:
         if self.mode == "adaptive":
             _check(bool(cfg.data.val) and cfg.eval.every > 0, "sampling.mode",
                    "adaptive needs validation: set data.val and eval.every > 0")
+        # A cache holds the teacher on the data's responses; a generated response has no cached rows.
+        _check(self.mode == "none" or not cfg.teacher.cache, "sampling.mode",
+               f"{self.mode} trains on the student's own generations, which a teacher cache cannot score; "
+               "unset teacher.cache (the teacher then runs live)")
 
 
 @dataclass

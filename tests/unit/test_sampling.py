@@ -99,3 +99,8 @@ def test_adaptive_needs_validation_config():
         config_from_dict({**base, "sampling": {"mode": "adaptive"}})
     with pytest.raises(ConfigError, match="sampling.lam"):
         config_from_dict({**base, "sampling": {"mode": "mixed", "lam": 2}})
+    cached = {**base, "loss": {"name": "taid"}, "teacher": {"cache": "some/cache"}}
+    with pytest.raises(ConfigError, match=r"sampling\.mode: mixed trains on the student's own generations.*"
+                                          r"unset teacher\.cache"):
+        config_from_dict({**cached, "sampling": {"mode": "mixed"}})
+    assert config_from_dict(cached).teacher.cache == "some/cache"
