@@ -17,7 +17,7 @@ from pathlib import Path
 
 from taid_vlm.cache import cache_teacher
 from taid_vlm.config_io import config_from_dict
-from taid_vlm.demo.run import train_config
+from taid_vlm.demo.run import student_config
 from taid_vlm.demo.studies import open_study, provenance, study_parser
 from taid_vlm.train.run_log import read_log
 
@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = study.work / f"cache_k{args.top_k}"
     t0 = time.perf_counter()
     if not (cache_dir / "index.json").is_file():
-        cfg = train_config(study.work / "cache_cfg", study.paths, study.preset["student"],
-                           study.preset["student_train"], "taid", 0, str(teacher))
+        cfg = student_config(study.work / "cache_cfg", study.paths, study.preset, "taid", 0, str(teacher), None)
         cache_teacher(config_from_dict(cfg), cache_dir, top_k=args.top_k)
     cache_seconds = time.perf_counter() - t0
     n_tokens = _response_tokens(cache_dir)
     shard_bytes = sum(p.stat().st_size for p in cache_dir.glob("shard-*.safetensors"))
-    live = study.student("taid", 0, teacher, name="student_live")
+    # The preset's own full-vocabulary cache is switched off: this row runs the teacher at every step.
+    live = study.student("taid", 0, teacher, name="student_live", overrides={"teacher": {"cache": None}})
     cached = study.student("taid", 0, teacher, name="student_cached",
                            overrides={"teacher": {"cache": str(cache_dir)}})
     report = {

@@ -28,12 +28,13 @@ import torch
 
 def _config(work: Path, name: str, steps: int, cache_mb: int, quick: bool) -> dict:
     from taid_vlm.demo.presets import PRESETS
-    from taid_vlm.demo.run import stage_data, train_config
+    from taid_vlm.demo.run import stage_data, student_config
 
     preset = PRESETS["tiny" if quick else "default"]
     paths = stage_data(work, preset)
-    return train_config(work / name, paths, preset["student"], {**preset["student_train"], "max_steps": steps},
-                        "fkl", 0, paths["teacher"], {"data": {"encode_cache_mb": cache_mb}})
+    # A live teacher (no teacher cache): both sides are encoded, as in any run without a cache.
+    return student_config(work / name, paths, preset, "fkl", 0, paths["teacher"], None,
+                          {"data": {"encode_cache_mb": cache_mb}, "train": {"max_steps": steps}})
 
 
 def time_collate(cfg_dict: dict, steps: int) -> dict:

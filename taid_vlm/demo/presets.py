@@ -55,6 +55,12 @@ def _conv(channels: int, blocks: int, lm_width: int, lm_layers: int, image_size:
     return spec
 
 
+def _student(lm_width: int, lm_layers: int) -> dict[str, Any]:
+    """A composed student without its vision tower: the preset's ``tower`` (a shipped teacher's,
+    see ``run.student_spec``) gives it."""
+    return {k: v for k, v in _conv(16, 1, lm_width, lm_layers, 32).items() if k != "vision"}
+
+
 # The set the shipped teachers were built on (see teachers.py). Every preset's students train on a
 # prefix of its training split (the first ``data.n_train`` images) and are scored on its held-out split.
 TEACHER_DATA: dict[str, Any] = {"seed": 0, "n_train": 8000, "n_val": 1000, "image_size": 32, "tokenizer_vocab": 512}
@@ -71,21 +77,33 @@ TEACHERS: dict[str, dict[str, Any]] = {
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Students that see (conv towers) trained on a quarter of the teacher's images, and 1,000
-    # held-out questions/conversations so the bootstrap intervals resolve a few points.
+    # Students whose vision tower is the demo teacher's, frozen (``tower``): as a real VLM student
+    # starts from a pre-trained encoder, the student here learns the projector and the LM, on a
+    # quarter of the teacher's images. Each method is trained with ``seeds`` seeds, so the demo's
+    # intervals cover the training noise; 1,000 held-out questions/conversations. The teacher's
+    # outputs on the students' set are computed once per run (``teacher_cache``: every token of
+    # the 512-token vocabulary, float32, so the distilled students see the full distribution).
     "default": {
         "data": {"n_train": 2000, "n_val": 1000, "image_size": 32},
         "teacher": "M",
-        "student": _conv(16, 1, 64, 2, 32),
-        "student_train": {"max_steps": 400, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20},
+        "tower": "M",
+        "student": _student(64, 2),
+        "student_options": {"train_vision": False},
+        "student_train": {"max_steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20},
+        "seeds": 3,
+        "teacher_cache": True,
         "eval": {"limit": 1000, "caption_limit": 300, "max_new_tokens": 8, "batch_size": 100},
     },
     # A few minutes in CI: same pipeline and teacher, fewer student images, steps and held-out items.
     "tiny": {
         "data": {"n_train": 400, "n_val": 200, "image_size": 32},
         "teacher": "M",
-        "student": _conv(16, 1, 48, 1, 32),
+        "tower": "M",
+        "student": _student(48, 1),
+        "student_options": {"train_vision": False},
         "student_train": {"max_steps": 60, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5},
+        "seeds": 2,
+        "teacher_cache": True,
         "eval": {"limit": 200, "caption_limit": 50, "max_new_tokens": 8, "batch_size": 100},
     },
 }

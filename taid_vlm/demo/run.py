@@ -72,7 +72,41 @@ def stage_data(out: Path, preset: dict) -> dict[str, str]:
                          f"{TEACHER_DATA}")
     teacher = teacher_dir(preset["teacher"])
     paths = make_set(out, data, TEACHER_DATA["seed"])
-    return {**paths, "tokenizer": str(teacher), "teacher": str(teacher)}
+    return {**paths, "tokenizer": str(teacher), "teacher": str(teacher), "tower": str(teacher_dir(preset["tower"]))}
+
+
+def student_spec(preset: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
+    """The preset's student model dict with its vision tower taken from the shipped model
+    ``paths["tower"]`` (``vision.from_model``: architecture and weights)."""
+    return {**preset["student"], "vision": {"from_model": paths["tower"]}}
+
+
+def stage_teacher_cache(out: Path, paths: dict[str, str], preset: dict[str, Any], teacher: str) -> Path:
+    """The teacher's next-token distributions on the students' training set, computed once and
+    reused by every distilled student of the run: all ``V`` tokens (top-k with k = the vocabulary,
+    float32), so a student reads the teacher's full distribution from the cache instead of running
+    the teacher at every step. Kept in ``out / "teacher_cache_<name>"``; made again when the
+    teacher's build or the data settings differ from the ones it was made with."""
+    from transformers import AutoTokenizer
+
+    from taid_vlm.cache.writer import cache_teacher
+    from taid_vlm.config_io import config_from_dict
+    from taid_vlm.demo.teachers import build_info, teacher_dir
+
+    cache = out / f"teacher_cache_{teacher}"
+    spec = {"teacher": build_info(teacher)["spec"], "data": preset["data"], "train": paths["train"]}
+    stamp = cache / "made_for.json"
+    if (cache / "index.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        _log(f"teacher cache {teacher}: reusing {cache}")
+        return cache
+    shutil.rmtree(cache, ignore_errors=True)
+    _log(f"teacher cache {teacher}: running the teacher once over the students' set")
+    tdir = teacher_dir(teacher)
+    cfg = config_from_dict(student_config(out / "unused", paths, preset, "fkl", 0, str(tdir), None))
+    vocab = len(AutoTokenizer.from_pretrained(str(tdir)))
+    cache_teacher(cfg, cache, top_k=vocab, dtype="float32", batch_size=preset["eval"]["batch_size"])
+    stamp.write_text(json.dumps(spec))
+    return cache
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -84,10 +118,14 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: str, seed: int,
-                 teacher_path: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config dict of one demo/study run (a composed model trained on ``paths["train"]``)."""
+                 teacher_path: str | None, overrides: dict[str, Any] | None = None,
+                 teacher_cache: str | None = None, student_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config dict of one demo/study run (a composed model trained on ``paths["train"]``);
+    with ``teacher_cache`` the distilled student reads the teacher's outputs from that cache.
+    ``student_options``: other keys of the ``student`` section (e.g. ``train_vision``)."""
     cfg: dict[str, Any] = {
-        "student": {"family": "composed", "config": student, "tokenizer": paths["tokenizer"]},
+        "student": {"family": "composed", "config": student, "tokenizer": paths["tokenizer"],
+                    **(student_options or {})},
         # One loader process: decoding the images and rendering the chat template cost about as much as
         # a small model's step on a CPU (profiled: 0.26 s against 0.35 s per batch of 32), so on two
         # cores the worker prepares the next batch while the step runs.
@@ -99,7 +137,19 @@ def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: s
     }
     if teacher_path:
         cfg["teacher"] = {"family": "composed", "path": teacher_path}
+        if teacher_cache:
+            cfg["teacher"]["cache"] = teacher_cache
     return deep_merge(cfg, overrides or {})
+
+
+def student_config(run_dir: Path, paths: dict, preset: dict[str, Any], loss: str, seed: int,
+                   teacher_path: str | None, teacher_cache: str | None,
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``train_config`` of one of the preset's students (its tower from ``paths["tower"]``, its
+    options), distilled from ``teacher_path`` (through ``teacher_cache`` when given) or SFT."""
+    return train_config(run_dir, paths, student_spec(preset, paths), preset["student_train"], loss, seed,
+                        teacher_path, overrides, teacher_cache=teacher_cache if teacher_path else None,
+                        student_options=preset.get("student_options"))
 
 
 def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
@@ -152,7 +202,9 @@ def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) ->
     vqa = evaluate(adapter, samples, "vqa", prompt="{question}", max_new_tokens=ev["max_new_tokens"],
                    batch_size=ev["batch_size"])
     caps, _ = load_task_samples(paths["val_caption"], "caption", limit=ev.get("caption_limit", ev["limit"]))
-    cap = evaluate(adapter, caps, "caption", max_new_tokens=ev["max_new_tokens"] * 2, batch_size=ev["batch_size"])
+    # The report shows CIDEr and BLEU-4; METEOR (a JVM per call) would be a third of the evaluation time.
+    cap = evaluate(adapter, caps, "caption", max_new_tokens=ev["max_new_tokens"] * 2, batch_size=ev["batch_size"],
+                   caption_metrics=("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"))
     convs, _ = load_task_samples(paths["val"], "text", limit=ev["limit"])
     nll, per_conv = perplexity(adapter, convs, batch_size=ev["batch_size"], max_length=256)
     per_conv = [p for p in per_conv if "skipped" not in p]
@@ -171,7 +223,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for data, models, results")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
-    parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the data and teacher are fixed)")
+    parser.add_argument("--seed", type=int, default=0, help="the students' first training seed (the data and teacher "
+                        "are fixed)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default: the preset's)")
     parser.add_argument("--methods", default="taid,fkl,sft", help="students to train, from " + ",".join(METHODS))
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -191,12 +245,21 @@ def demo_main(argv: list[str] | None = None) -> int:
          "eval/build_demo_teachers.py)")
     times = {"teacher": build_info(preset["teacher"])["train_seconds"]}
     models = {"teacher": Path(paths["teacher"])}
-    for m in methods:
-        run = out / f"student_{m}"
-        teacher = None if m == "sft" else paths["teacher"]
-        cfg = train_config(run, paths, preset["student"], preset["student_train"], m, args.seed, teacher)
-        times[f"student_{m}"] = stage_train(run, cfg, f"student ({METHODS[m]})")
-        models[f"student_{m}"] = run / "final"
+    cache = None
+    if preset.get("teacher_cache") and any(m != "sft" for m in methods):
+        t_cache = time.time()
+        cache = str(stage_teacher_cache(out, paths, preset, preset["teacher"]))
+        stages["teacher_cache"] = time.time() - t_cache
+    seeds = range(args.seed, args.seed + (args.seeds or preset.get("seeds", 1)))
+    runs: dict[str, list[str]] = {m: [] for m in methods}  # method -> its runs' names, one per seed
+    for seed in seeds:  # seed-major: an interrupted demo leaves whole seeds behind
+        for m in methods:
+            name = f"student_{m}_s{seed}"
+            teacher = None if m == "sft" else paths["teacher"]
+            cfg = student_config(out / name, paths, preset, m, seed, teacher, cache)
+            times[name] = stage_train(out / name, cfg, f"student ({METHODS[m]}, seed {seed})")
+            models[name] = out / name / "final"
+            runs[m].append(name)
     (out / "results").mkdir(exist_ok=True)
     results = {}
     for name, model_dir in models.items():
@@ -212,7 +275,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     stages.update({f"train_{k}": v for k, v in times.items() if k != "teacher"})
     stages["total"] = time.time() - t0
     types = [r.get("question_type", "all") for r in json.loads(Path(paths["val_vqa"]).read_text())]
-    text = write_report(out, results, times, prior, preset, args, stages,
+    text = write_report(out, results, runs, times, prior, preset, args, stages,
                         question_types=types[: len(prior)])
     print(text)
     _log(f"done in {time.time() - t0:.0f} s; report: {out / 'report.md'}")

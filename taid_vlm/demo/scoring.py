@@ -1,16 +1,19 @@
 """The demo's numbers with their uncertainty: per-item scores of each model, the blind prior,
-bootstrap 95% intervals over the held-out items, paired differences and the verdicts in words.
+intervals, differences paired by seed and the verdicts in words.
 
-Every interval resamples the held-out items (questions for VQA accuracy and agreement, held-out
-conversations for the per-token NLL); differences between two models resample the same items for
-both (paired), so they are much tighter than the two models' own intervals suggest.
+A student's interval is over its seeds (a 95% t-interval of the per-seed scores), so it covers the
+training noise; differences between two methods pair the runs of the same seed. The teacher and
+the blind prior (one model each) get bootstrap intervals over the held-out items.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from taid_vlm.evaluation.bootstrap import bootstrap_ci, format_ci, separated
 
@@ -68,21 +71,76 @@ def model_stats(items: dict[str, dict[str, list]], prior: list[float], seed: int
     return out
 
 
-def paired_stats(items: dict[str, dict[str, list]], prior: list[float], seed: int = 0) -> dict[str, dict]:
-    """Paired differences: each comparison of ``COMPARISONS`` whose two models exist, on VQA accuracy
-    and on NLL per token, and the best student against the blind prior (VQA accuracy)."""
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 for n seeds); beyond 9, the normal's.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over ``values`` (e.g. one score per seed; 0 for one)."""
+    m, sd = mean_spread(values)
+    n = len(values)
+    return m, (T975.get(n - 1, 1.96) * sd / math.sqrt(n)) if n > 1 else 0.0
+
+
+def seed_interval(values: list[float]) -> dict[str, Any]:
+    """``{"estimate", "low", "high", "n", "values"}``: the mean of ``values`` (one per seed) and its
+    95% t-interval (``format_ci`` / ``separated`` read it like a bootstrap interval); with one value
+    the interval is that value."""
+    m, h = ci95(values)
+    return {"estimate": m, "low": m - h, "high": m + h, "n": len(values), "values": list(values)}
+
+
+def _per_run(result: dict[str, Any], teacher_pred: list[str] | None) -> dict[str, float]:
+    out = {"vqa": result["vqa"]["vqa_accuracy"], "nll": result["nll"]["nll"],
+           "cider": result["caption"]["CIDEr"] * 100, "bleu4": result["caption"]["Bleu_4"] * 100}
+    if teacher_pred is not None:
+        out["agreement"] = statistics.fmean(agreement(result["items"]["pred"], teacher_pred))
+    return out
+
+
+def method_stats(results: dict[str, dict], runs: dict[str, list[str]]) -> dict[str, dict]:
+    """Each method's scores over its seeds.
+
+    Args:
+        results: run name -> ``stage_eval`` result (``teacher`` among them for the agreement).
+        runs: method -> the names of its runs, one per seed, in seed order.
+    Returns:
+        method -> ``{"vqa", "nll", "agreement", "cider", "bleu4"}``, each a ``seed_interval``.
+    """
+    teacher = results.get("teacher", {}).get("items", {}).get("pred")
+    out = {}
+    for m, names in runs.items():
+        per = [_per_run(results[n], teacher) for n in names]
+        out[m] = {k: seed_interval([p[k] for p in per]) for k in per[0]}
+    return out
+
+
+def seed_differences(results: dict[str, dict], runs: dict[str, list[str]], prior: list[float]) -> dict[str, dict]:
+    """Differences paired by seed (a seed fixes a student's init and data order for every method, so
+    a pair differs only in the loss): each comparison of ``COMPARISONS`` whose two methods were
+    trained, on VQA accuracy and NLL per token (``seed_interval`` of the per-seed differences over
+    the seeds both have), and the best method's students against the blind prior."""
+    def method(name: str) -> str:
+        return name.removeprefix("student_")
+
     out: dict[str, dict] = {}
     for label, a, b in COMPARISONS:
-        if a in items and b in items:
-            ia, ib = items[a], items[b]
-            if len(ia["tokens"]) != len(ib["tokens"]) or ia["tokens"] != ib["tokens"]:
-                raise ValueError(f"{a} and {b} were scored on different held-out responses; rerun the evaluation")
-            out[label] = {"vqa": bootstrap_ci(ia["vqa"], ib["vqa"], seed=seed),
-                          "nll": bootstrap_ci(ia["nll"], ib["nll"], weights=ia["tokens"], seed=seed)}
-    students = [n for n in items if n.startswith("student_")]
-    if students:
-        best = max(students, key=lambda n: sum(items[n]["vqa"]))
-        out["best student - blind prior"] = {"model": best, "vqa": bootstrap_ci(items[best]["vqa"], prior, seed=seed)}
+        ra, rb = runs.get(method(a), []), runs.get(method(b), [])
+        if ra and rb:
+            pairs = list(zip(ra, rb))
+            out[label] = {"vqa": seed_interval([results[x]["vqa"]["vqa_accuracy"] - results[y]["vqa"]["vqa_accuracy"]
+                                                for x, y in pairs]),
+                          "nll": seed_interval([results[x]["nll"]["nll"] - results[y]["nll"]["nll"] for x, y in pairs])}
+    if runs:
+        best = max(runs, key=lambda m: statistics.fmean(results[n]["vqa"]["vqa_accuracy"] for n in runs[m]))
+        p = statistics.fmean(prior)
+        out["best student - blind prior"] = {
+            "model": f"student_{best}", "vqa": seed_interval([results[n]["vqa"]["vqa_accuracy"] - p for n in runs[best]])}
     return out
 
 
@@ -102,12 +160,13 @@ def verdicts(diffs: dict[str, dict], labels: dict[str, str]) -> str:
     """The paired differences in words (Markdown bullets), from the numbers of this run."""
     lines = [_verdict(label, d) for label, d in diffs.items() if label != "best student - blind prior"]
     if lines:
-        # Measured by eval/methods.py: at the demo's scale the seed-to-seed spread of one student is as
-        # large as the differences between methods, so a separated pair here is not yet a ranking.
-        lines.append("- These intervals resample the held-out items of one training run per student; they do "
-                     "not cover training noise. Another seed, or another thread count (it changes the "
-                     "floating-point order), moves a single student by a few points: for a ranking, compare "
-                     "several seeds per method (eval/methods.py).")
+        n = next(iter(diffs.values()))["vqa"]["n"]
+        lines.append(
+            f"- Intervals: 95% t-intervals over {n} seeds per method (differences paired by seed), on the same "
+            "held-out items; they cover the training noise (a seed fixes the student's init and data order), "
+            "not the choice of held-out items." if n > 1 else
+            "- One seed per method: these numbers have no interval over training noise, which at this scale "
+            "is a few points; run with --seeds 3 or more before reading a ranking from them.")
     if "best student - blind prior" in diffs:
         d = diffs["best student - blind prior"]
         margin = d["vqa"]

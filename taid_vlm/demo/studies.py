@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from taid_vlm.demo.presets import PRESETS
 from taid_vlm.demo.report import machine_line
-from taid_vlm.demo.run import stage_data, stage_eval, stage_train, train_config
+from taid_vlm.demo.run import stage_data, stage_eval, stage_teacher_cache, stage_train, student_config
+from taid_vlm.demo.scoring import ci95, mean_spread
 from taid_vlm.demo.teachers import teacher_dir
 
 # Study method name -> (loss name, config overrides).
@@ -66,6 +65,11 @@ class Study:
         eval/build_demo_teachers.py."""
         return teacher_dir(name or self.preset["teacher"])
 
+    def teacher_cache(self, name: str) -> Path:
+        """The shipped teacher ``name``'s outputs on this study's training set, made once (see
+        ``run.stage_teacher_cache``)."""
+        return stage_teacher_cache(self.work, self.paths, self.preset, name)
+
     def evaluate(self, model_dir: Path, result_file: Path | None = None) -> dict[str, float]:
         """VQA accuracy, CIDEr (x100) and held-out response NLL per token of a saved model, e.g. a
         teacher; the scores are kept in
@@ -86,27 +90,13 @@ class Study:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHOD_SPECS)}")
         loss, extra = METHOD_SPECS[method]
         run = self.work / (name or f"student_{method}_s{seed}")
-        cfg = train_config(run, self.paths, self.preset["student"], self.preset["student_train"], loss, seed,
-                           None if loss == "sft" else str(teacher), {**extra, **(overrides or {})})
+        distil = loss != "sft"
+        cache = str(self.teacher_cache(Path(teacher).name)) if distil and self.preset.get("teacher_cache") else None
+        cfg = student_config(run, self.paths, self.preset, loss, seed, str(teacher) if distil else None, cache,
+                             {**extra, **(overrides or {})})
         seconds = stage_train(run, cfg, run.name)
         return {"method": method, "seed": seed, "run": str(run), "train_seconds": seconds,
                 **self.evaluate(run / "final")}
-
-
-def mean_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 for n seeds); beyond 9, the normal's.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval over ``values`` (e.g. one score per seed; 0 for one)."""
-    m, sd = mean_spread(values)
-    n = len(values)
-    return m, (T975.get(n - 1, 1.96) * sd / math.sqrt(n)) if n > 1 else 0.0
 
 
 def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from taid_vlm.demo.scoring import agreement, blind_prior, model_stats, paired_stats, verdicts
+from taid_vlm.demo.scoring import (
+    agreement,
+    blind_prior,
+    method_stats,
+    model_stats,
+    seed_differences,
+    seed_interval,
+    verdicts,
+)
 
 
 def _items(acc: np.ndarray, preds: list[str], nll: np.ndarray, tokens: list[int]) -> dict:
@@ -29,21 +37,55 @@ def items() -> dict:
             "student_sft": _items(base, ans, nll, tokens)}
 
 
-def test_paired_differences_and_verdicts_follow_the_numbers(items):
-    prior = [0.0] * 1000
-    diffs = paired_stats(items, prior)
-    gain = np.mean(items["student_taid"]["vqa"]) - np.mean(items["student_sft"]["vqa"])
-    assert diffs["TAID - SFT"]["vqa"]["estimate"] == pytest.approx(gain)
-    assert diffs["TAID - SFT"]["vqa"]["low"] > 0
+def _result(vqa: float, nll: float, preds: list[str]) -> dict:
+    return {"vqa": {"vqa_accuracy": vqa}, "nll": {"nll": nll}, "caption": {"CIDEr": 1.0, "Bleu_4": 0.5},
+            "items": {"pred": preds}, "params": 100}
+
+
+@pytest.fixture()
+def seed_runs() -> tuple[dict, dict]:
+    """Three seeds per method: TAID 2-4 points above SFT on every seed, forward KL within +-1 of
+    SFT; seed spread (sd 5) shared by the methods, as a seed's init and data order are."""
+    base = {0: 40.0, 1: 50.0, 2: 45.0}
+    results = {"teacher": _result(70.0, 0.2, ["red", "red", "blue", "blue"])}
+    for s, b in base.items():
+        results[f"student_sft_s{s}"] = _result(b, 0.50, ["red", "blue", "blue", "red"])
+        results[f"student_fkl_s{s}"] = _result(b + (-1.0, 1.0, 0.5)[s], 0.49 + 0.01 * s, ["red", "red", "red", "red"])
+        results[f"student_taid_s{s}"] = _result(b + (2.0, 3.0, 4.0)[s], 0.45, ["red", "red", "blue", "blue"])
+    runs = {m: [f"student_{m}_s{s}" for s in base] for m in ("taid", "fkl", "sft")}
+    return results, runs
+
+
+def test_differences_are_paired_by_seed_and_verdicts_follow_them(seed_runs):
+    results, runs = seed_runs
+    diffs = seed_differences(results, runs, prior=[20.0, 30.0])
+    taid = diffs["TAID - SFT"]["vqa"]
+    # Pairing removes the seeds' shared spread (sd 5) and leaves the differences' (2, 3, 4: sd 1).
+    assert taid["values"] == [2.0, 3.0, 4.0] and taid["estimate"] == pytest.approx(3.0)
+    assert taid["high"] - taid["estimate"] == pytest.approx(4.303 / 3 ** 0.5)
+    assert diffs["Forward KL - SFT"]["vqa"]["low"] < 0 < diffs["Forward KL - SFT"]["vqa"]["high"]
     assert diffs["TAID - SFT"]["nll"]["estimate"] == pytest.approx(-0.05)
-    # Identical answers: a zero-width interval at 0, so not separated.
-    assert diffs["TAID - Forward KL"]["vqa"] == {"estimate": 0.0, "low": 0.0, "high": 0.0, "n": 1000}
+    best = diffs["best student - blind prior"]
+    assert best["model"] == "student_taid" and best["vqa"]["values"] == [17.0, 28.0, 24.0]
     text = verdicts(diffs, {"student_taid": "Student: TAID"})
-    assert "TAID beat SFT (+" in text and "TAID and Forward KL are not separated" in text.split("\n")[2]
-    assert "on held-out NLL per token TAID beat Forward KL" in text
-    assert "Student: TAID" in text and "a margin of 15 points or more, even at the interval's lower bound" in text
-    assert "do not cover training noise" in text  # one run per student: the caveat is always printed
-    assert "training noise" not in verdicts({}, {})
+    assert "on VQA accuracy TAID beat SFT (+3.0" in text
+    assert "on VQA accuracy Forward KL and SFT are not separated" in text
+    assert "t-intervals over 3 seeds per method" in text
+    # sd of (17, 28, 24) is 5.6: the lower bound is under 15 although the mean is 23.
+    assert "not a clear margin of 15 points" in text
+    one = seed_differences(results, {m: names[:1] for m, names in runs.items()}, prior=[0.0])
+    assert one["TAID - SFT"]["vqa"] == seed_interval([2.0]) and "One seed per method" in verdicts(one, {})
+    assert "seeds" not in verdicts({}, {})
+
+
+def test_method_stats_average_the_seeds_with_agreement_to_the_teacher(seed_runs):
+    results, runs = seed_runs
+    stats = method_stats(results, runs)
+    assert stats["sft"]["vqa"]["estimate"] == pytest.approx(45.0) and stats["sft"]["vqa"]["n"] == 3
+    assert stats["sft"]["vqa"]["high"] - 45.0 == pytest.approx(4.303 * 5 / 3 ** 0.5)
+    assert stats["taid"]["agreement"]["estimate"] == 100.0 and stats["fkl"]["agreement"]["estimate"] == 50.0
+    assert stats["fkl"]["nll"]["values"] == pytest.approx([0.49, 0.50, 0.51])
+    assert stats["taid"]["cider"]["estimate"] == pytest.approx(100.0)
 
 
 def test_agreement_uses_normalised_answers_and_stats_cover_every_model(items):
@@ -70,11 +112,14 @@ def test_blind_prior_answers_the_most_common_training_answer(tmp_path):
     assert blind_prior(str(tmp_path / "t.json"), str(tmp_path / "v.json"), limit=1) == [100.0]
 
 
-def test_per_type_table_averages_each_question_type():
+def test_per_type_table_averages_each_question_type_and_the_seeds():
     from taid_vlm.demo.report import type_table
 
     results = {"teacher": {"items": {"vqa": [100.0, 0.0, 100.0, 100.0]}},
-               "student_sft": {"items": {"vqa": [0.0, 0.0, 100.0, 0.0]}}}
-    rows = type_table(results, ["colour", "count", "colour", "count"]).splitlines()
+               "student_sft_s0": {"items": {"vqa": [0.0, 0.0, 100.0, 0.0]}},
+               "student_sft_s1": {"items": {"vqa": [100.0, 100.0, 100.0, 0.0]}}}
+    types = ["colour", "count", "colour", "count"]
+    rows = type_table(results, types, {"sft": ["student_sft_s0", "student_sft_s1"]}).splitlines()
     assert rows[0] == "| model | colour | count |"
-    assert rows[2] == "| Teacher (SFT) | 100.0 | 50.0 |" and rows[3] == "| Student: SFT (no teacher) | 50.0 | 0.0 |"
+    assert rows[2] == "| Teacher (SFT) | 100.0 | 50.0 |" and rows[3] == "| Student: SFT (no teacher) | 75.0 | 25.0 |"
+    assert len(rows) == 4
