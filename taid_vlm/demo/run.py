@@ -1,11 +1,12 @@
 """``taid-vlm demo``: the whole job on the built-in synthetic set, end to end.
 
 Stages (each reused on a re-run unless ``--fresh``): synthetic data (the students' part of the set
-the shipped teacher was built on: see ``teachers.py``) -> students distilled from that teacher with
-TAID and forward KL, and an SFT student, same data, steps and seed ->
-evaluation of all four on the held-out set (VQA accuracy, captions, response NLL, agreement with
-the teacher) -> table with bootstrap 95% intervals, paired differences, verdicts and plots under
-``--output``.
+the shipped teacher was built on: see ``teachers.py``) -> the teacher's outputs on it, cached once
+-> students on the shipped teacher's frozen vision tower, distilled from that teacher with TAID and
+forward KL, and SFT students, the preset's seeds each (per seed the same data order and init for
+every method) -> evaluation of all of them on the held-out set (VQA accuracy, captions, response
+NLL, agreement with the teacher) -> table with intervals over seeds, differences paired by seed,
+verdicts and plots under ``--output``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def train_config(run_dir: Path, paths: dict, student: dict, train: dict, loss: s
                     **(student_options or {})},
         # One loader process: decoding the images and rendering the chat template cost about as much as
         # a small model's step on a CPU (profiled: 0.26 s against 0.35 s per batch of 32), so on two
-        # cores the worker prepares the next batch while the step runs.
+        # cores the worker prepares the next batch while the step runs (after the first epoch it
+        # mostly serves the encoding cache).
         "data": {"train": paths["train"], "max_length": 256, "num_workers": 1},
         "loss": {"name": loss},
         "train": {"output_dir": str(run_dir), "seed": seed, "scheduler": "cosine", "save_every": 0,
