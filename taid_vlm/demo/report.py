@@ -149,8 +149,8 @@ def write_report(out: Path, results: dict, runs: dict[str, list[str]], times: di
     n_conv = len(results["teacher"]["items"]["tokens"]) if "teacher" in results else 0
     built = build_info(preset["teacher"])
     spec = built["spec"]
-    seeds = sorted({int(n.rsplit("_s", 1)[1]) for names in runs.values() for n in names})
-    seed_txt = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    n_seeds = len(next(iter(runs.values()), []))  # every method has one run per seed from args.seed
+    seed_txt = f"seeds {args.seed}-{args.seed + n_seeds - 1}" if n_seeds > 1 else f"seed {args.seed}"
     setup = (f"Teacher: the shipped teacher {preset['teacher']}, trained once by SFT on {spec['data']['n_train']} "
              f"images ({spec['train']['max_steps']} steps; {built['date']}, eval/build_demo_teachers.py; its "
              f"train time in the table is that build's). Students: the vision tower of the shipped model "

@@ -195,6 +195,7 @@ def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) ->
         return json.loads(result_file.read_text())
     from taid_vlm.adapters import build_adapter
     from taid_vlm.evaluation import evaluate, load_task_samples
+    from taid_vlm.evaluation.caption import METRICS as CAPTION_METRICS
     from taid_vlm.evaluation.text import perplexity
 
     adapter = build_adapter("composed", path=str(model_dir))
@@ -206,7 +207,7 @@ def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) ->
     caps, _ = load_task_samples(paths["val_caption"], "caption", limit=ev.get("caption_limit", ev["limit"]))
     # The report shows CIDEr and BLEU-4; METEOR (a JVM per call) would be a third of the evaluation time.
     cap = evaluate(adapter, caps, "caption", max_new_tokens=ev["max_new_tokens"] * 2, batch_size=ev["batch_size"],
-                   caption_metrics=("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"))
+                   caption_metrics=tuple(m for m in CAPTION_METRICS if m != "METEOR"))
     convs, _ = load_task_samples(paths["val"], "text", limit=ev["limit"])
     nll, per_conv = perplexity(adapter, convs, batch_size=ev["batch_size"], max_length=256)
     per_conv = [p for p in per_conv if "skipped" not in p]

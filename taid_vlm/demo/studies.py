@@ -58,6 +58,7 @@ class Study:
         if student_steps:
             self.preset["student_train"]["max_steps"] = student_steps
         self.preset_name = preset
+        self._caches: dict[str, Path] = {}
         self.paths = stage_data(self.work, self.preset)
 
     def teacher(self, name: str | None = None) -> Path:
@@ -67,8 +68,10 @@ class Study:
 
     def teacher_cache(self, name: str) -> Path:
         """The shipped teacher ``name``'s outputs on this study's training set, made once (see
-        ``run.stage_teacher_cache``)."""
-        return stage_teacher_cache(self.work, self.paths, self.preset, name)
+        ``run.stage_teacher_cache``); checked once per study, not once per student."""
+        if name not in self._caches:
+            self._caches[name] = stage_teacher_cache(self.work, self.paths, self.preset, name)
+        return self._caches[name]
 
     def evaluate(self, model_dir: Path, result_file: Path | None = None) -> dict[str, float]:
         """VQA accuracy, CIDEr (x100) and held-out response NLL per token of a saved model, e.g. a
