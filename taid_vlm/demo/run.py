@@ -235,7 +235,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
-    out, preset = Path(args.output), PRESETS[args.preset]
+    # Absolute, as a Study's work folder is: a run is reused only when its saved config (which names
+    # the run's paths) equals the new one, so "runs/x" and "/abs/runs/x" must give the same config.
+    out, preset = Path(args.output).resolve(), PRESETS[args.preset]
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -91,3 +91,18 @@ def test_study_reuses_a_run_only_for_the_same_config(demo_tiny, capsys):
     probe(6)
     assert "holds a run of another config" in capsys.readouterr().out
     assert read_log(Path(first["run"]) / "logs" / "train.jsonl")[-1]["step"] == 6
+
+
+def test_demo_and_study_share_runs_whatever_the_folder_is_called(demo_tiny, monkeypatch, capsys):
+    """A demo re-run through a relative --output, and a Study on the same folder, reuse the demo's
+    students: their saved configs name the same (absolute) paths."""
+    from taid_vlm.cli import main
+    from taid_vlm.demo.studies import Study
+
+    monkeypatch.chdir(demo_tiny.parent)
+    capsys.readouterr()
+    assert main(["demo", "--preset", "tiny", "--output", demo_tiny.name]) == 0
+    out = capsys.readouterr().out
+    assert "): training (" not in out and "student (SFT (no teacher), seed 1): reusing" in out
+    Study(demo_tiny.name, "tiny").student("fkl", 1, Study(demo_tiny, "tiny").teacher())
+    assert "student_fkl_s1: reusing" in capsys.readouterr().out
