@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
                      **score_summary(per_seed), "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}
-    rows = ["| schedule | t at 25% | t at 50% | final t | VQA acc (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| schedule | t at 25% | t at 50% | final t | VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) "
+            "| CIDEr x100 (mean ± sd) | seeds |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         q, h = r["t"][len(r["t"]) // 4], r["t"][len(r["t"]) // 2]
         rows.append(f"| {r['name']} | {q:.3f} | {h:.3f} | {r['t'][-1]:.3f} | {r['vqa_mean']:.1f} ± {r['vqa_sd']:.1f} "
-                    f"| {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {r['n']} |")
+                    f"| {r['nll_mean']:.3f} ± {r['nll_sd']:.3f} | {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {r['n']} |")
     out = write_study(args.output, "t_schedule", f"TAID schedule ({study.preset_name} preset)", report,
                       "\n".join(rows))
     _plot(runs, out / "t_schedule.png")

@@ -130,6 +130,22 @@ def paired_by_seed(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]
     return out
 
 
+def difference_table(diffs: list[dict[str, Any]], labels: list[str] | None = None, per_seed: str = "vqa",
+                     nll_note: str = "< 0: first is better") -> str:
+    """Markdown table of ``paired_by_seed`` results: mean and 95% interval of the VQA-accuracy and
+    NLL differences, the per-seed differences of ``per_seed`` ("vqa" or "nll"), the seed count;
+    row labels ``labels`` (default "a - b")."""
+    rows = [f"| difference, paired by seed | VQA acc (points) [95% CI] | held-out NLL/token (nats; {nll_note}) "
+            f"[95% CI] | per seed ({per_seed.upper()}) | seeds |", "|---|---|---|---|---|"]
+    fmt = "+.1f" if per_seed == "vqa" else "+.3f"
+    for i, d in enumerate(diffs):
+        label = labels[i] if labels else f"{d['a']} - {d['b']}"
+        rows.append(f"| {label} | {d['vqa']:+.1f} [{d['vqa'] - d['vqa_ci']:+.1f}, {d['vqa'] + d['vqa_ci']:+.1f}] "
+                    f"| {d['nll']:+.3f} [{d['nll'] - d['nll_ci']:+.3f}, {d['nll'] + d['nll_ci']:+.3f}] "
+                    f"| {', '.join(format(x, fmt) for x in d[f'{per_seed}_diffs'])} | {d['n']} |")
+    return "\n".join(rows)
+
+
 def provenance(argv: list[str], script: str) -> dict[str, str]:
     """The command, date and machine of a results file (thread count included: it changes the
     floating-point order, hence the runs' numbers)."""

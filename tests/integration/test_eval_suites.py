@@ -27,12 +27,44 @@ def test_methods_quick(demo_tiny, tmp_path):
     rep = _run("methods", demo_tiny, tmp_path, "--methods", "sft,fkl,taid,taid_linear")
     assert set(rep["summary"]) == {"sft", "fkl", "taid", "taid_linear"}
     diffs = {(d["a"], d["b"]): d for d in rep["differences"]}
-    assert set(diffs) == {("fkl", "sft"), ("taid", "sft"), ("taid_linear", "sft"), ("taid", "fkl")}
+    assert set(diffs) == {("fkl", "sft"), ("taid", "sft"), ("taid_linear", "sft"), ("taid", "fkl"),
+                          ("taid", "taid_linear")}
     fkl, sft = (next(r for r in rep["runs"] if r["method"] == m) for m in ("fkl", "sft"))
     assert diffs[("fkl", "sft")]["vqa"] == pytest.approx(fkl["vqa_accuracy"] - sft["vqa_accuracy"])
     assert all(0 <= s["vqa_mean"] <= 100 for s in rep["summary"].values())
     assert (tmp_path / "methods.png").is_file() and "| method |" in (tmp_path / "methods.md").read_text()
     assert rep["command"].startswith("python eval/methods.py") and rep["machine"]
+
+
+def test_methods_pairs_every_method_with_sft_taid_with_every_loss_and_the_top_two():
+    methods = _script("methods")
+    vqa = {"sft": [50, 51], "fkl": [55, 57], "dkd": [58, 60], "taid": [54, 53]}
+    rows = [{"method": m, "seed": s, "vqa_accuracy": v, "nll": 1.0 - v / 100} for m, vs in vqa.items()
+            for s, v in enumerate(vs)]
+    summary = {m: {"vqa_mean": sum(vs) / 2} for m, vs in vqa.items()}
+    diffs = {(d["a"], d["b"]): d for d in methods._differences(rows, summary)}
+    assert list(diffs) == [("fkl", "sft"), ("dkd", "sft"), ("taid", "sft"), ("taid", "fkl"), ("taid", "dkd"),
+                           ("dkd", "fkl")]
+    assert diffs[("dkd", "fkl")]["vqa_diffs"] == [3, 3] and diffs[("dkd", "fkl")]["vqa"] == pytest.approx(3)
+    assert diffs[("taid", "dkd")]["nll"] == pytest.approx(0.055)
+
+
+def test_sft_steps_quick(demo_tiny, tmp_path):
+    rep = _run("sft_steps", demo_tiny, tmp_path, "--methods", "fkl")
+    steps = rep["preset_steps"]
+    assert [c["steps"] for c in rep["sft"]] == [steps // 2, steps]
+    assert rep["best_sft_steps"] == min(rep["sft"], key=lambda c: c["nll_mean"])["steps"]
+    # The preset's step count is methods.py's SFT run (its name, so a shared folder reuses it);
+    # the shorter one trained only its own steps.
+    short, full = (rep["runs"][str(n)][0] for n in (steps // 2, steps))
+    assert Path(full["run"]).name == "student_sft_s0" and Path(short["run"]).name == f"student_sft_{steps // 2}steps_s0"
+    from taid_vlm.train.run_log import read_log
+
+    assert read_log(Path(short["run"]) / "logs" / "train.jsonl")[-1]["step"] == steps // 2
+    best = rep["runs"][str(rep["best_sft_steps"])][0]
+    (diff,) = rep["differences"]
+    assert diff["nll"] == pytest.approx(rep["distilled_runs"]["fkl"][0]["nll"] - best["nll"])
+    assert (tmp_path / "sft_steps.png").is_file() and "(best NLL)" in (tmp_path / "sft_steps.md").read_text()
 
 
 def test_t_schedule_quick(demo_tiny, tmp_path):
@@ -60,6 +92,31 @@ def test_capacity_gap_quick(demo_tiny, tmp_path):
     assert rep["param_ratio"] >= 10
     assert [t["name"] for t in rep["teachers"]] == ["S", "M", "L"]
     assert set(rep["scores"]["L"]) == set(rep["methods"]) and "taid" in rep["methods"]
+    # Each method's change and the first method's change against each other one, for S->M and M->L.
+    steps = [(d["small"], d["large"], d["kind"], d["method"]) for d in rep["steps"]]
+    m = rep["methods"]
+    assert steps == [(a, b, "change", x) for x in m for a, b in [("S", "M")]] + [
+        ("S", "M", "interaction", f"{m[0]} - {x}") for x in m[1:]] + [
+        (a, b, "change", x) for x in m for a, b in [("M", "L")]] + [
+        ("M", "L", "interaction", f"{m[0]} - {x}") for x in m[1:]]
+    by = {(r["teacher"], r["method"]): r for r in rep["runs"]}
+    first = next(d for d in rep["steps"] if d["kind"] == "change")
+    assert first["nll"] == pytest.approx(by[("M", m[0])]["nll"] - by[("S", m[0])]["nll"])
+
+
+def test_capacity_gap_pairs_each_teacher_step_by_seed():
+    gap = _script("capacity_gap")
+    nll = {("taid", "M"): [0.50, 0.55], ("taid", "L"): [0.47, 0.52], ("fkl", "M"): [0.48, 0.53],
+           ("fkl", "L"): [0.51, 0.55]}
+    runs = [{"method": m, "teacher": t, "seed": s, "vqa_accuracy": 50.0 + s, "nll": v}
+            for (m, t), vs in nll.items() for s, v in enumerate(vs)]
+    steps = {(d["kind"], d["method"]): d for d in gap.teacher_steps(runs, ["M", "L"], ["taid", "fkl"])}
+    assert set(steps) == {("change", "taid"), ("change", "fkl"), ("interaction", "taid - fkl")}
+    assert steps[("change", "taid")]["nll_diffs"] == pytest.approx([-0.03, -0.03])
+    assert steps[("change", "fkl")]["nll_diffs"] == pytest.approx([0.03, 0.02])
+    # TAID's gain minus forward KL's, seed by seed: -0.06 and -0.05.
+    assert steps[("interaction", "taid - fkl")]["nll"] == pytest.approx(-0.055)
+    assert steps[("interaction", "taid - fkl")]["vqa"] == pytest.approx(0.0)
 
 
 def test_bench_cache_quick(demo_tiny, tmp_path):
