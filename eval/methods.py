@@ -13,10 +13,12 @@ from pathlib import Path
 
 from taid_vlm.demo.studies import (
     METHOD_SPECS,
+    SCORE_HEADER,
     difference_table,
     open_study,
     paired_by_seed,
     provenance,
+    score_cells,
     score_summary,
     study_parser,
     write_study,
@@ -24,11 +26,9 @@ from taid_vlm.demo.studies import (
 
 
 def _table(summary: dict[str, dict]) -> str:
-    rows = ["| method | VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
-            "|---|---|---|---|---|"]
+    rows = [f"| method | {SCORE_HEADER} |", "|---|---|---|---|---|"]
     for m, s in sorted(summary.items(), key=lambda kv: -kv[1]["vqa_mean"]):
-        rows.append(f"| {m} | {s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['nll_mean']:.3f} ± {s['nll_sd']:.3f} | "
-                    f"{s['cider_mean']:.1f} ± {s['cider_sd']:.1f} | {s['n']} |")
+        rows.append(f"| {m} | {score_cells(s)} |")
     return "\n".join(rows)
 
 

@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 from taid_vlm.demo.studies import (
+    SCORE_HEADER,
     difference_table,
     open_study,
     paired_by_seed,
     provenance,
+    score_cells,
     score_summary,
     study_parser,
     write_study,
@@ -72,20 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     distilled = {m: [study.student(m, s, teacher) for s in seeds] for m in methods}
     cells = [{"steps": n, **score_summary(runs)} for n, runs in sft_runs.items()]
     best = min(cells, key=lambda c: c["nll_mean"])["steps"]
-    diffs = [paired_by_seed(distilled[m] + [{**r, "method": "sft"} for r in sft_runs[best]], m, "sft")
-             for m in methods]
+    diffs = [paired_by_seed(distilled[m] + sft_runs[best], m, "sft") for m in methods]
     report = {**provenance(argv, "eval/sft_steps.py"), "preset": study.preset_name, "preset_steps": preset_steps,
               "sft": cells, "best_sft_steps": best, "runs": {str(n): r for n, r in sft_runs.items()},
               "distilled_runs": distilled, "distilled": {m: score_summary(r) for m, r in distilled.items()},
               "differences": diffs}
-    rows = ["| SFT steps | VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) | CIDEr x100 (mean ± sd) | seeds |",
-            "|---|---|---|---|---|"]
-    rows += [f"| {c['steps']}{' (best NLL)' if c['steps'] == best else ''} | {c['vqa_mean']:.1f} ± {c['vqa_sd']:.1f} "
-             f"| {c['nll_mean']:.3f} ± {c['nll_sd']:.3f} | {c['cider_mean']:.1f} ± {c['cider_sd']:.1f} | {c['n']} |"
-             for c in cells]
-    rows += [f"| {m}, {preset_steps} steps | {s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['nll_mean']:.3f} ± "
-             f"{s['nll_sd']:.3f} | {s['cider_mean']:.1f} ± {s['cider_sd']:.1f} | {s['n']} |"
-             for m, s in report["distilled"].items()]
+    rows = [f"| SFT steps | {SCORE_HEADER} |", "|---|---|---|---|---|"]
+    rows += [f"| {c['steps']}{' (best NLL)' if c['steps'] == best else ''} | {score_cells(c)} |" for c in cells]
+    rows += [f"| {m}, {preset_steps} steps | {score_cells(s)} |" for m, s in report["distilled"].items()]
     table = "\n".join(rows) + "\n\n" + difference_table(
         diffs, [f"{m} ({preset_steps} steps) - SFT ({best} steps)" for m in methods], per_seed="nll")
     out = write_study(args.output, "sft_steps", f"SFT by steps against distillation ({study.preset_name} preset)",

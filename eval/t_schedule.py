@@ -11,7 +11,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from taid_vlm.demo.studies import open_study, provenance, score_summary, study_parser, write_study
+from taid_vlm.demo.studies import (
+    SCORE_HEADER,
+    open_study,
+    provenance,
+    score_cells,
+    score_summary,
+    study_parser,
+    write_study,
+)
 from taid_vlm.losses import TAIDSchedule
 from taid_vlm.train.run_log import read_log
 
@@ -79,13 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
                      **score_summary(per_seed), "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}
-    rows = ["| schedule | t at 25% | t at 50% | final t | VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) "
-            "| CIDEr x100 (mean ± sd) | seeds |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| schedule | t at 25% | t at 50% | final t | {SCORE_HEADER} |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         q, h = r["t"][len(r["t"]) // 4], r["t"][len(r["t"]) // 2]
-        rows.append(f"| {r['name']} | {q:.3f} | {h:.3f} | {r['t'][-1]:.3f} | {r['vqa_mean']:.1f} ± {r['vqa_sd']:.1f} "
-                    f"| {r['nll_mean']:.3f} ± {r['nll_sd']:.3f} | {r['cider_mean']:.1f} ± {r['cider_sd']:.1f} | {r['n']} |")
+        rows.append(f"| {r['name']} | {q:.3f} | {h:.3f} | {r['t'][-1]:.3f} | {score_cells(r)} |")
     out = write_study(args.output, "t_schedule", f"TAID schedule ({study.preset_name} preset)", report,
                       "\n".join(rows))
     _plot(runs, out / "t_schedule.png")

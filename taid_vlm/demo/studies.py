@@ -112,6 +112,15 @@ def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
             "n": len(runs)}
 
 
+SCORE_HEADER = "VQA acc (mean ± sd) | held-out NLL/token (mean ± sd) | CIDEr x100 (mean ± sd) | seeds"
+
+
+def score_cells(s: dict[str, float]) -> str:
+    """A ``score_summary`` as the Markdown cells under ``SCORE_HEADER`` (no outer pipes)."""
+    return (f"{s['vqa_mean']:.1f} ± {s['vqa_sd']:.1f} | {s['nll_mean']:.3f} ± {s['nll_sd']:.3f} | "
+            f"{s['cider_mean']:.1f} ± {s['cider_sd']:.1f} | {s['n']}")
+
+
 def paired_by_seed(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
     """Method ``a`` minus method ``b``, seed by seed (a seed fixes the student's init and data order
     for every method, so the pair shares all but the loss): mean and 95% t-interval half-width over
