@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 from taid_vlm.cache import cache_teacher
+from taid_vlm.cache.writer import cache_key
 from taid_vlm.config_io import config_from_dict
 from taid_vlm.demo.run import student_config
 from taid_vlm.demo.studies import open_study, provenance, study_parser
+from taid_vlm.run_key import reuse_verdict
 from taid_vlm.train.run_log import read_log
 
 
@@ -43,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher = study.teacher()
     cache_dir = study.work / f"cache_k{args.top_k}"
     t0 = time.perf_counter()
-    if not (cache_dir / "index.json").is_file():
-        cfg = student_config(study.work / "cache_cfg", study.paths, study.preset, "taid", 0, str(teacher), None)
-        cache_teacher(config_from_dict(cfg), cache_dir, top_k=args.top_k)
+    cfg = config_from_dict(student_config(study.work / "cache_cfg", study.paths, study.preset, "taid", 0,
+                                          str(teacher), None))
+    # Made again when the teacher, tokenizer or data changed since (its reuse key: run_key).
+    if not (cache_dir / "index.json").is_file() or reuse_verdict(cache_dir, cache_key(cfg, top_k=args.top_k,
+                                                                                       dtype="float16")):
+        cache_teacher(cfg, cache_dir, top_k=args.top_k)
     cache_seconds = time.perf_counter() - t0
     n_tokens = _response_tokens(cache_dir)
     shard_bytes = sum(p.stat().st_size for p in cache_dir.glob("shard-*.safetensors"))
@@ -57,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         **provenance(argv, "eval/bench_cache.py"), "preset": study.preset_name, "top_k": args.top_k,
         "response_tokens": n_tokens, "bytes_per_response_token": shard_bytes / max(1, n_tokens),
         "bytes_goal": 400, "cache_seconds": cache_seconds,
-        "step_seconds_live": _step_seconds(Path(live["run"])),
-        "step_seconds_cached": _step_seconds(Path(cached["run"])),
+        "step_seconds_live": _step_seconds(study.run_dir(live)),
+        "step_seconds_cached": _step_seconds(study.run_dir(cached)),
         "live": live, "cached": cached,
         "vqa_gap": cached["vqa_accuracy"] - live["vqa_accuracy"], "cider_gap": cached["cider"] - live["cider"],
     }

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         # A live teacher: generated responses cannot be read from the preset's teacher cache.
         extra = {**extra, "teacher": {"cache": None}}
         res = study.student("taid", 0, teacher, name=f"student_{mode}", overrides=extra)
-        log = read_log(Path(res["run"]) / "logs" / "train.jsonl")
+        log = read_log(study.run_dir(res) / "logs" / "train.jsonl")
         steps_s = [r["tokens"] / r["tokens_per_s"] for r in log if r.get("tokens_per_s")]
         total = res["train_seconds"]
         gen = log[-1].get("sampling_seconds", 0.0)

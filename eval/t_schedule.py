@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "adaptive": adaptive}}}
             per_seed.append(study.student("taid" if adaptive else "taid_linear", s, teacher, name=run_name,
                                           overrides=overrides))
-        log = read_log(Path(per_seed[0]["run"]) / "logs" / "train.jsonl")
+        log = read_log(study.run_dir(per_seed[0]) / "logs" / "train.jsonl")
         runs.append({"name": name, "t_start": t0, "alpha": alpha, "adaptive": adaptive, "seeds": per_seed,
                      **score_summary(per_seed), "steps": [r["step"] for r in log], "t": [r["taid_t"] for r in log]})
     report = {**provenance(argv, "eval/t_schedule.py"), "preset": study.preset_name, "runs": runs}

@@ -30,6 +30,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from taid_vlm.run_key import hash_path  # noqa: F401 - the content hash the cache and the reuse keys share
+
 INDEX = "index.json"
 TOKENIZER_DIR = "teacher_tokenizer"
 FORMAT_VERSION = 1
@@ -37,19 +39,6 @@ FORMAT_VERSION = 1
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def hash_path(path: str | Path) -> str:
-    """Content hash of a data file, or of every file (name, size, bytes) under a folder."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def tokenizer_hash(tokenizer: Any) -> str:

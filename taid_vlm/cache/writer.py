@@ -16,9 +16,10 @@ import torch
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from taid_vlm.cache.format import TOKENIZER_DIR, fingerprint, read_index, write_index, write_shard
+from taid_vlm.cache.format import INDEX, TOKENIZER_DIR, fingerprint, read_index, write_index, write_shard
 from taid_vlm.data.types import IGNORE_INDEX
 from taid_vlm.losses.fused import chunk_rows
+from taid_vlm.run_key import hash_path
 from taid_vlm.train.step import teacher_response
 
 
@@ -74,9 +75,36 @@ def _shard_rows(teacher: Any, collate: Any, samples: list, batch_size: int, k: i
     return ids, rows
 
 
+def cache_key(cfg: Any, *, top_k: int, dtype: str, shard_size: int = 256) -> dict[str, Any]:
+    """The reuse key of a cache of ``cfg`` (a ``Config``): the teacher, the data and the tokenizer
+    sections, their files' contents included, and the cache's own settings (``run_key``)."""
+    from taid_vlm.config_io import config_to_dict
+    from taid_vlm.run_key import reuse_key
+
+    return reuse_key(config_to_dict(cfg), sections=("teacher", "data", "student.tokenizer"),
+                     extra={"top_k": top_k, "dtype": dtype, "shard_size": shard_size})
+
+
+def _claim(out: Path, key: dict[str, Any]) -> None:
+    """Keep the shards in ``out`` only when they were made from the same inputs (``key``): a resumed
+    cache of a teacher rebuilt since, or of other data, would mix the old outputs with the new."""
+    from taid_vlm.run_key import reuse_verdict, write_key
+
+    old = sorted(out.glob("shard-*.safetensors"))
+    why = reuse_verdict(out, key)
+    if (old or (out / INDEX).exists()) and why:
+        print(f"cache-teacher: {out} was made from other inputs ({'; '.join(why)}); computing it again",
+              file=sys.stderr, flush=True)
+        for f in [*old, out / INDEX]:
+            f.unlink(missing_ok=True)
+    write_key(out, key)
+
+
 def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: int = 256,
                   dtype: str = "float16", batch_size: int | None = None) -> Path:
-    """Write the cache of ``cfg.teacher`` over ``cfg.data.train`` into ``output``; returns it."""
+    """Write the cache of ``cfg.teacher`` over ``cfg.data.train`` into ``output``; returns it.
+    Shards already there are kept when the recorded reuse key (``cache_key``) matches, else
+    computed again."""
     from accelerate import Accelerator
 
     from taid_vlm.adapters import build_adapter
@@ -90,6 +118,9 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     check_placement(cfg.teacher, acc)  # same placements as training, refused before weights load
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        _claim(out, cache_key(cfg, top_k=top_k, dtype=dtype, shard_size=shard_size))
+    acc.wait_for_everyone()
     teacher = build_adapter(**cfg.teacher.adapter_kwargs())
     place_teacher(teacher.model, cfg.teacher, acc)
     report = DataReport()
@@ -111,7 +142,9 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     if acc.is_main_process:
         template = cfg.teacher.chat_template or getattr(teacher.tokenizer, "chat_template", None)
         fp = fingerprint(data=cfg.data.train, tokenizer=teacher.tokenizer, template=template,
-                         max_length=cfg.data.max_length, teacher=str(cfg.teacher.path or cfg.teacher.config))
+                         max_length=cfg.data.max_length,
+                         teacher=hash_path(cfg.teacher.path) if cfg.teacher.path and Path(cfg.teacher.path).exists()
+                         else str(cfg.teacher.path or cfg.teacher.config))
         # The teacher's tokenizer travels with the cache: a student with another tokenizer decodes the
         # cached ids with it (cross-tokenizer alignment) without the teacher's files.
         teacher.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))

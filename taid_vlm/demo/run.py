@@ -30,8 +30,8 @@ def make_set(out: Path, data: dict[str, Any], seed: int, tokenizer_vocab: int | 
     ``out / "data"`` unless a set of the same settings is there, and train a BPE tokenizer on its
     text into ``out / "tokenizer"`` when ``tokenizer_vocab`` is given. Returns the paths (see
     ``generate_synthetic``; ``tokenizer`` too when trained). A folder generated with other settings is
-    generated again, and the runs trained on it are removed (runs keep the data by path, so a run
-    made on the old set would pass for one on the new)."""
+    generated again; the runs trained on the old set then retrain, as their reuse keys hold the
+    data files' contents (``stage_train``)."""
     from taid_vlm.data.synthetic import generate_synthetic, synthetic_corpus
     from taid_vlm.data.tokenizer import train_bpe_tokenizer
 
@@ -39,12 +39,8 @@ def make_set(out: Path, data: dict[str, Any], seed: int, tokenizer_vocab: int | 
     spec = {**data, "seed": seed, "tokenizer_vocab": tokenizer_vocab}
     paths_file = data_dir / "paths.json"
     if paths_file.is_file() and json.loads(paths_file.read_text()).get("spec") != spec:
-        from taid_vlm.train.setup import RUN_MARKER
-
-        stale = sorted(d for d in out.iterdir() if (d / RUN_MARKER).is_file())
-        _log(f"{data_dir} holds a set of other settings; generating it again and removing "
-             f"the {len(stale)} runs trained on it")
-        for d in [data_dir, tok_dir, *stale]:
+        _log(f"{data_dir} holds a set of other settings; generating it again")
+        for d in (data_dir, tok_dir):
             shutil.rmtree(d, ignore_errors=True)
     if not paths_file.is_file():
         _log(f"generating the synthetic set in {data_dir}")
@@ -86,27 +82,28 @@ def stage_teacher_cache(out: Path, paths: dict[str, str], preset: dict[str, Any]
     """The teacher's next-token distributions on the students' training set, computed once and
     reused by every distilled student of the run: all ``V`` tokens (top-k with k = the vocabulary,
     float32), so a student reads the teacher's full distribution from the cache instead of running
-    the teacher at every step. Kept in ``out / "teacher_cache_<name>"``; made again when the
-    teacher's build or the data settings differ from the ones it was made with."""
+    the teacher at every step. Kept in ``out / "teacher_cache_<name>"``; made again when its reuse
+    key (the teacher's, the tokenizer's and the data's contents and settings: ``cache_key``)
+    differs from the one it was made with."""
     from transformers import AutoTokenizer
 
-    from taid_vlm.cache.writer import cache_teacher
+    from taid_vlm.cache.writer import cache_key, cache_teacher
     from taid_vlm.config_io import config_from_dict
-    from taid_vlm.demo.teachers import build_info, teacher_dir
+    from taid_vlm.demo.teachers import teacher_dir
+    from taid_vlm.run_key import reuse_verdict
 
     cache = out / f"teacher_cache_{teacher}"
-    spec = {"teacher": build_info(teacher)["spec"], "data": preset["data"], "train": paths["train"]}
-    stamp = cache / "made_for.json"
-    if (cache / "index.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
-        _log(f"teacher cache {teacher}: reusing {cache}")
-        return cache
-    shutil.rmtree(cache, ignore_errors=True)
-    _log(f"teacher cache {teacher}: running the teacher once over the students' set")
     tdir = teacher_dir(teacher)
     cfg = config_from_dict(student_config(out / "unused", paths, preset, "fkl", 0, str(tdir), None))
     vocab = len(AutoTokenizer.from_pretrained(str(tdir)))
+    why = reuse_verdict(cache, cache_key(cfg, top_k=vocab, dtype="float32"))
+    if (cache / "index.json").is_file() and not why:
+        _log(f"teacher cache {teacher}: reusing {cache}")
+        return cache
+    if cache.exists():
+        _log(f"teacher cache {teacher}: {cache} was made from other inputs ({'; '.join(why)})")
+    _log(f"teacher cache {teacher}: running the teacher once over the students' set")
     cache_teacher(cfg, cache, top_k=vocab, dtype="float32", batch_size=preset["eval"]["batch_size"])
-    stamp.write_text(json.dumps(spec))
     return cache
 
 
@@ -155,35 +152,40 @@ def student_config(run_dir: Path, paths: dict, preset: dict[str, Any], loss: str
 
 
 def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
-    """Train one model unless a finished run of the same config exists; returns the train time in
-    seconds. A folder holding an unfinished run, or a run of another config, is trained afresh."""
-    import yaml
-
+    """Train one model unless a finished run with the same reuse key exists (``run_key``: the
+    resolved config plus the contents of the weights, tokenizer and data files it names); returns
+    the train time in seconds. A folder holding an unfinished run, or a run of other inputs, is
+    trained afresh, and the log says what changed."""
     from taid_vlm.config_io import config_from_dict, config_to_dict
+    from taid_vlm.run_key import reuse_key, reuse_verdict, write_key
     from taid_vlm.train.loop import train
-    from taid_vlm.train.setup import RUN_MARKER
 
     cfg = config_from_dict(cfg_dict)
+    key = reuse_key(config_to_dict(cfg))
     done = run_dir / "final" / "metrics.json"
     timing = run_dir / "train_time.json"
-    marker = run_dir / RUN_MARKER
-    if done.is_file() and timing.is_file() and marker.is_file():
-        if yaml.safe_load(marker.read_text()) == config_to_dict(cfg):
+    if done.is_file() and timing.is_file():
+        why = reuse_verdict(run_dir, key)
+        if not why:
             _log(f"{label}: reusing {run_dir / 'final'}")
             return json.loads(timing.read_text())["seconds"]
-        _log(f"{label}: {run_dir} holds a run of another config; training again")
+        _log(f"{label}: {run_dir} holds a run of another config or other inputs; training again. Changed: "
+             + "; ".join(why))
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or different earlier run
     _log(f"{label}: training ({cfg_dict['loss']['name']}, {cfg_dict['train']['max_steps']} steps)")
     t0 = time.time()
     train(cfg)
     seconds = time.time() - t0
+    write_key(run_dir, key)
     timing.write_text(json.dumps({"seconds": seconds}))
     return seconds
 
 
 def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) -> dict[str, Any]:
-    """Scores of one saved model, reused when the result file is newer than the model.
+    """Scores of one saved model, reused while the model's files, the held-out files and the
+    preset's evaluation settings are the ones they were made from (their reuse key, kept in
+    ``result_file``).
 
     Returns ``{"vqa", "caption", "nll": scores, "params", "items"}``; ``items`` holds the per-item
     values the intervals resample: ``vqa`` ``[N]`` accuracy and ``pred`` ``[N]`` answers of the
@@ -191,8 +193,14 @@ def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) ->
     response NLL (teacher forcing, no generation) and response tokens of the held-out
     conversations (``val.json``, VQA turns and captions).
     """
-    if result_file.is_file() and result_file.stat().st_mtime >= (model_dir / "metrics.json").stat().st_mtime:
-        return json.loads(result_file.read_text())
+    from taid_vlm.run_key import key_changes, reuse_key
+
+    key = reuse_key({"model": str(model_dir), "eval": preset["eval"],
+                     "held_out": [paths["val_vqa"], paths["val_caption"], paths["val"]]})
+    if result_file.is_file():
+        kept = json.loads(result_file.read_text())
+        if "reuse_key" in kept and not key_changes(kept.pop("reuse_key"), key):
+            return kept
     from taid_vlm.adapters import build_adapter
     from taid_vlm.evaluation import evaluate, load_task_samples
     from taid_vlm.evaluation.caption import METRICS as CAPTION_METRICS
@@ -216,7 +224,7 @@ def stage_eval(model_dir: Path, paths: dict, preset: dict, result_file: Path) ->
              "nll": [p["nll"] for p in per_conv], "tokens": [p["num_tokens"] for p in per_conv]}
     params = sum(p.numel() for p in adapter.model.parameters())
     result = {"vqa": vqa["scores"], "caption": cap["scores"], "nll": nll, "params": params, "items": items}
-    result_file.write_text(json.dumps(result, indent=1))
+    result_file.write_text(json.dumps({**result, "reuse_key": key}, indent=1))
     return result
 
 
@@ -235,8 +243,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
-    # Absolute, as a Study's work folder is: a run is reused only when its saved config (which names
-    # the run's paths) equals the new one, so "runs/x" and "/abs/runs/x" must give the same config.
+    # Absolute, as a Study's work folder is: the runs' configs name their paths (reuse compares the
+    # files' contents, so either spelling reuses; the saved configs then agree too).
     out, preset = Path(args.output).resolve(), PRESETS[args.preset]
     if args.fresh and out.exists():
         shutil.rmtree(out)

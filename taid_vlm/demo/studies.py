@@ -49,9 +49,8 @@ class Study:
     """One study's working folder: the students' data made once, the shipped teachers, student runs."""
 
     def __init__(self, work: str | Path, preset: str = "default", student_steps: int | None = None) -> None:
-        # Resolved: a run's saved config names its paths, and a run is reused only when that config
-        # matches, so the same folder reached relatively, from another directory or through a
-        # symlink must give the same paths.
+        # Resolved: runs' saved configs name their paths the same way whichever spelling reached
+        # the folder (reuse itself compares the named files' contents: run_key).
         self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.preset = json.loads(json.dumps(PRESETS[preset]))  # a private copy to adjust
@@ -88,7 +87,8 @@ class Study:
 
     def student(self, method: str, seed: int, teacher: Path | None, name: str | None = None,
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Train and evaluate one student; returns scores, time and the run folder."""
+        """Train and evaluate one student; returns scores, time and the run folder (``run``, relative
+        to the work folder: ``run_dir``)."""
         if method not in METHOD_SPECS:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHOD_SPECS)}")
         loss, extra = METHOD_SPECS[method]
@@ -98,8 +98,13 @@ class Study:
         cfg = student_config(run, self.paths, self.preset, loss, seed, str(teacher) if distil else None, cache,
                              {**extra, **(overrides or {})})
         seconds = stage_train(run, cfg, run.name)
-        return {"method": method, "seed": seed, "run": str(run), "train_seconds": seconds,
-                **self.evaluate(run / "final")}
+        # Relative to the work folder: a results file names no folder of the machine that made it.
+        return {"method": method, "seed": seed, "run": run.relative_to(self.work).as_posix(),
+                "train_seconds": seconds, **self.evaluate(run / "final")}
+
+    def run_dir(self, row: dict[str, Any]) -> Path:
+        """The folder of a ``student`` result (its ``run`` is relative to the work folder)."""
+        return self.work / row["run"]
 
 
 def score_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
