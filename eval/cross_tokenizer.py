@@ -58,20 +58,18 @@ def _prepare(work: Path, n_train: int, n_val: int) -> dict[str, str]:
 
 def _train(work: Path, name: str, section: dict, data: dict, steps: int, loss: str, teacher: dict | None,
            seed: int = 0, distil_ratio: float = 1.0) -> Path:
-    from taid_vlm.cli import main as cli
+    from taid_vlm.demo.run import stage_train
 
     out = work / name
-    if (out / "final" / "metrics.json").is_file():
-        return out
     cfg = {"student": section, "data": {**data, "max_length": 256}, "loss": {"name": loss, "distil_ratio": distil_ratio},
            "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 16, "lr": 3e-3,
-                     "warmup_steps": min(10, steps // 4), "cpu": True, "seed": seed, "overwrite": True},
+                     "warmup_steps": min(10, steps // 4), "cpu": True, "seed": seed},
            "eval": {"max_batches": 2}, "logging": {"report_to": [], "progress": False}}
     if teacher is not None:
         cfg["teacher"] = teacher
     (work / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    if cli(["train", str(work / f"{name}.yaml")]) != 0:
-        raise RuntimeError(f"run {name} failed")
+    # Reused only when the config and the files it names (teacher, tokenizer, data) are unchanged.
+    stage_train(out, cfg, name)
     return out
 
 
@@ -139,11 +137,14 @@ def _diff(runs: list[dict], base: list[dict], key: str) -> dict[str, float | lis
 
 
 def cached_score(run: Path, val: str, limit: int) -> dict[str, float]:
-    """``score`` of ``run/final``, kept in ``run/score.json`` so a rerun that adds rows scores only those."""
-    path, key = run / "score.json", {"val": val, "limit": limit}
+    """``score`` of ``run/final``, kept in ``run/score.json`` so a rerun that adds rows scores only
+    those; kept while the model's and the held-out file's contents are the same (``run_key``)."""
+    from taid_vlm.run_key import key_changes, reuse_key
+
+    path, key = run / "score.json", reuse_key({"model": str(run / "final"), "val": val, "limit": limit})
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        if isinstance(saved.get("key"), dict) and "config" in saved["key"] and not key_changes(saved["key"], key):
             return saved["score"]
     result = score(run / "final", val, limit)
     path.write_text(json.dumps({"key": key, "score": result}))
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                       if k in report["metrics"]}
             runs.setdefault(name, []).append({
                 "name": name, "seed": seed, "tokenizer": tok, "alignment": mode, "loss": loss, "distil_ratio": ratio,
-                "run": str(out),
+                "run": out.relative_to(work).as_posix(),
                 **cached_score(out, data["val"], n_val), "shares_last_step": shares,
                 "data_report": report["data_report"]})
     teacher_score = score(teacher_dir, data["val"], n_val)
