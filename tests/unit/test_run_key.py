@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from taid_vlm.run_key import CONTENT, key_changes, reuse_key
 
 
@@ -28,6 +30,7 @@ def test_a_file_rewritten_in_place_changes_the_key_and_the_change_names_it(tmp_p
     data = tmp_path / "train.json"
     data.write_text("[1]")
     before = reuse_key(_cfg(str(data), "gpt2"))
+    time.sleep(0.05)  # file times tick in kernel jiffies; a rewrite happens later than that in practice
     data.write_text("[2]")  # same size, same path: hashed again (the per-process cache keys on mtime too)
     after = reuse_key(_cfg(str(data), "gpt2", steps=6))
     assert key_changes(before, after) == [f"data.train: the content of {data} changed", "train.max_steps: 4 -> 6"]
