@@ -95,10 +95,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _unalias(data: dict[str, Any], keys: list[str], value: Any, loss_name: str) -> list[tuple[list[str], Any]]:
+    """A command-line override of a deprecated alias as the override(s) of its new name, with the
+    deprecation warning; the recipe's value of the old name is dropped. Written under the new name,
+    the override wins over the recipe's value of that name, as every override does; left under the
+    old name it would clash with it (``logging.tensorboard``) or lose to it (``loss.kwargs``). (A
+    ``taid.*`` override needs nothing: the legacy section already wins over ``loss.taid``.)"""
+    new: list[tuple[list[str], Any]]
+    if keys == ["logging", "tensorboard"] and isinstance(value, bool):
+        new = [(["logging", "report_to"], ["tensorboard"] if value else [])]
+    elif keys[:2] == ["loss", "kwargs"] and (len(keys) > 2 or isinstance(value, dict)):
+        new = [(["loss", loss_name, *keys[2:]], value)] if len(keys) > 2 else [
+            (["loss", loss_name, k], v) for k, v in value.items()]
+    else:
+        return [(keys, value)]
+    node = data
+    for k in keys[:-1]:
+        node = node.get(k) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(keys[-1], None)
+    shown = " ".join(f"{'.'.join(k)}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                     for k, v in new)
+    warnings.warn(f"config: the override {'.'.join(keys)}= uses a deprecated name; applied as {shown}",
+                  FutureWarning, stacklevel=4)
+    return new
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (in place) and return it."""
-    for text in overrides:
-        keys, value = parse_override(text)
+    """Set dotted keys in a nested dict (in place) and return it. Deprecated aliases
+    (``logging.tensorboard``, ``loss.kwargs.*``) are set under their new names."""
+    parsed = [parse_override(text) for text in overrides]
+    names = [v for k, v in parsed if k == ["loss", "name"]]
+    loss_name = names[-1] if names else (data.get("loss") or {}).get("name", "taid")
+    for keys, value in (kv for k, v in parsed for kv in _unalias(data, k, v, str(loss_name))):
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
