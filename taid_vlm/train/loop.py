@@ -33,6 +33,7 @@ from taid_vlm.train.checkpoint import (
     save_final_student,
 )
 from taid_vlm.train.data_order import micro_batch_loader
+from taid_vlm.train.optim import clip_or_measure
 from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run, launch_summary
 from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
@@ -139,10 +140,9 @@ class Trainer:
         finite = math.isfinite(means["loss"])
         grad_norm = float("nan")
         if finite:
-            # max_grad_norm <= 0 disables clipping, not the check: an infinite bound measures the norm
-            # (a multiplication by exactly 1.0) so that a non-finite gradient is still caught.
-            bound = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
-            grad_norm = float(acc.clip_grad_norm_(p.trainable_params, bound))
+            # max_grad_norm <= 0 disables clipping, not the check: the norm is still measured so that
+            # a non-finite gradient is caught.
+            grad_norm = clip_or_measure(acc, p.trainable_params, cfg.train.max_grad_norm)
             finite = math.isfinite(grad_norm)
         if finite:
             p.optimizer.step()

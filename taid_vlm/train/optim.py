@@ -98,3 +98,19 @@ def build_optimizer(groups: list[dict], train: TrainConfig, total_steps: int):
     opt = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.999), eps=1e-8, **adamw_kernel(groups))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train, total_steps))
     return opt, sched
+
+
+def clip_or_measure(acc, params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the gradients of ``params`` to ``max_norm`` (> 0) and return their L2 norm before
+    clipping; with ``max_norm <= 0`` only measure it (for the log and the non-finite check), leaving
+    the gradients untouched. ``clip_grad_norm_(params, inf)`` would also multiply every gradient by
+    1.0: a second pass over all of them per step. Sharded engines (FSDP, DeepSpeed, XLA) keep
+    accelerate's clip with an infinite bound, since their norm needs the engine's reduction."""
+    from accelerate.utils import DistributedType
+
+    if max_norm > 0 or acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                DistributedType.XLA):
+        return float(acc.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
+    acc.unscale_gradients()  # fp16: the norm of the true gradients, as accelerate's clip measures it
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0)) if grads else 0.0
