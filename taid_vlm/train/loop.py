@@ -38,8 +38,10 @@ from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run, launch_summary
 from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
 
-# Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run).
+# Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run);
+# with _KILL_RANK_ENV set, only the process of that rank.
 _KILL_AT_ENV = "TAID_VLM_TEST_KILL_AT_STEP"
+_KILL_RANK_ENV = "TAID_VLM_TEST_KILL_RANK"
 
 
 class DivergedError(RuntimeError):
@@ -246,7 +248,8 @@ class Trainer:
                     f"{self.nonfinite_run} optimizer steps in a row had a non-finite loss or gradient "
                     f"(last at step {self.step}); lower train.lr or check the data (train.max_nonfinite)"
                 )
-            if kill_at and self.step == kill_at:
+            if kill_at and self.step == kill_at and os.environ.get(_KILL_RANK_ENV, str(self.acc.process_index)) == str(
+                    self.acc.process_index):
                 os.kill(os.getpid(), signal.SIGKILL)
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < p.total_steps:
                 self.log.metrics(self.step, self.evaluate())
