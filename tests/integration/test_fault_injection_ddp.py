@@ -5,6 +5,7 @@ bitwise equal to an uninterrupted two-process run's, and the same logged curve."
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,12 @@ def _launch(cfg: Path, *extra: str, env: dict[str, str] | None = None) -> subpro
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True, timeout=420)
 
 
+def _sigkilled_ranks(stderr: str) -> set[int]:
+    """The ranks torchrun's failure summary reports as ended by SIGKILL (the others it stopped with
+    SIGTERM once one had died)."""
+    return {int(r) for r in re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: -9\b", stderr)}
+
+
 def _run_dir(tmp_path: Path, name: str, run_env: dict) -> Path:
     (tmp_path / name).mkdir()
     return write_config(tmp_path / name / "c.yaml", run_env, **RUN)
@@ -53,11 +60,18 @@ def test_sigkill_of_one_rank_or_both_resumes_bitwise_equal(tmp_path, run_env):
     ref_log = read_jsonl(tmp_path / "ref" / "out" / "logs" / "train.jsonl")
     assert [r["step"] for r in ref_log] == [1, 2, 3, 4]
 
-    for trial, kill in (("rank1", {"TAID_VLM_TEST_KILL_RANK": "1"}), ("both", {})):
+    for trial, kill, victims in (("rank1", {"TAID_VLM_TEST_KILL_RANK": "1"}, {1}), ("both", {}, {0, 1})):
         cfg = _run_dir(tmp_path, trial, run_env)
         out = tmp_path / trial / "out"
         killed = _launch(cfg, env={"TAID_VLM_TEST_KILL_AT_STEP": str(KILL_AT), **kill})
         assert killed.returncode != 0, f"{trial}: the kill did not stop the run"
+        # Both ranks reach the kill after the same collective; the launcher may stop the second
+        # with SIGTERM first, so "both" asks only for SIGKILLed ranks among the two.
+        dead = _sigkilled_ranks(killed.stderr)
+        if trial == "rank1":
+            assert dead == victims, f"{trial}: SIGKILLed {dead}"
+        else:
+            assert dead and dead <= victims, f"{trial}: SIGKILLed {dead}"
         assert not (out / "final").exists(), f"{trial}: the run finished although a rank was killed"
         assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"], trial
         resumed = _launch(cfg, "--resume", "auto")
