@@ -34,6 +34,9 @@ def test_methods_quick(demo_tiny, tmp_path):
     assert all(0 <= s["vqa_mean"] <= 100 for s in rep["summary"].values())
     assert (tmp_path / "methods.png").is_file() and "| method |" in (tmp_path / "methods.md").read_text()
     assert rep["command"].startswith("python eval/methods.py") and rep["machine"]
+    # Runs are named relative to the work folder: the file names no folder of the machine that made it.
+    assert str(demo_tiny) not in (tmp_path / "methods.json").read_text()
+    assert all(not Path(r["run"]).is_absolute() and (demo_tiny / r["run"] / "final").is_dir() for r in rep["runs"])
 
 
 def test_methods_pairs_every_method_with_sft_taid_with_every_loss_and_the_top_two():
@@ -60,7 +63,7 @@ def test_sft_steps_quick(demo_tiny, tmp_path):
     assert Path(full["run"]).name == "student_sft_s0" and Path(short["run"]).name == f"student_sft_{steps // 2}steps_s0"
     from taid_vlm.train.run_log import read_log
 
-    assert read_log(Path(short["run"]) / "logs" / "train.jsonl")[-1]["step"] == steps // 2
+    assert read_log(demo_tiny / short["run"] / "logs" / "train.jsonl")[-1]["step"] == steps // 2
     best = rep["runs"][str(rep["best_sft_steps"])][0]
     (diff,) = rep["differences"]
     assert diff["nll"] == pytest.approx(rep["distilled_runs"]["fkl"][0]["nll"] - best["nll"])
@@ -140,14 +143,14 @@ def test_study_reuses_a_run_only_for_the_same_config(demo_tiny, capsys):
         return Study(demo_tiny, "tiny", student_steps=steps).student("sft", 0, None, name="reuse_probe")
 
     first = probe(4)
-    weights = Path(first["run"]) / "final" / "model.safetensors"
+    weights = demo_tiny / first["run"] / "final" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     assert probe(4)["vqa_accuracy"] == first["vqa_accuracy"]
     assert "reuse_probe: reusing" in capsys.readouterr().out and weights.stat().st_mtime_ns == stamp
     # Same folder, other config: the stale run must not be taken for the new one.
     probe(6)
     assert "holds a run of another config" in capsys.readouterr().out
-    assert read_log(Path(first["run"]) / "logs" / "train.jsonl")[-1]["step"] == 6
+    assert read_log(demo_tiny / first["run"] / "logs" / "train.jsonl")[-1]["step"] == 6
 
 
 def test_demo_and_study_share_runs_whatever_the_folder_is_called(demo_tiny, monkeypatch, capsys):
