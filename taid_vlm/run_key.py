@@ -34,7 +34,8 @@ _HASHES: dict[tuple[str, tuple], str] = {}  # (path, size/mtime signature) -> ha
 
 
 def _files(p: Path) -> list[Path]:
-    return [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    # A folder's own reuse key describes where its inputs were, not what it holds (it names paths).
+    return [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file() and q.name != KEY_FILE)
 
 
 def hash_path(path: str | Path) -> str:
