@@ -93,7 +93,45 @@ def _redirect_forward(wrapper: nn.Module, inner: nn.Module, fn: Any, *args: Any)
         inner.forward = original
 
 
-class DistillTrainer(Trainer):
+def load_loss_state(loss_fn: DistillLoss, checkpoint: str, device: Any) -> None:
+    """Restore ``loss_fn``'s state (TAID's t, CTKD's temperature) saved by ``LossStepCallback.on_save``."""
+    path = os.path.join(checkpoint, LOSS_STATE_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint} has no {LOSS_STATE_FILE} (the loss's "
+                                "schedule); it was not written by a taid_vlm.integrations trainer")
+    loss_fn.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+
+
+class PackageLossMixin:
+    """What a Trainer running a package loss adds to ``transformers.Trainer`` (and TRL's subclasses):
+    the loss's own parameters in the optimizer, the step's loss parts in the logs, its state on resume.
+    Needs ``self.loss_fn`` and ``self.loss_callback``."""
+
+    loss_fn: DistillLoss
+    loss_callback: LossStepCallback
+
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """The default optimizer plus the loss's own parameters (CTKD's temperature), without decay."""
+        opt = super().create_optimizer(*args, **kwargs)
+        have = {id(q) for g in opt.param_groups for q in g["params"]}
+        extra = [q for q in self.loss_fn.trainable_params() if id(q) not in have]
+        if extra:
+            opt.add_param_group({"params": extra, "weight_decay": 0.0})
+        return opt
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # The last optimizer step's loss parts and schedule (taid_t, ...) beside Trainer's averaged loss.
+        stepper = self.loss_callback.stepper
+        if stepper is not None and stepper.last and "loss" in logs:
+            logs = {**logs, **{k: v for k, v in stepper.last.items() if k not in ("loss", "tokens")}}
+        super().log(logs, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_loss_state(self.loss_fn, resume_from_checkpoint, self.args.device)
+
+
+class DistillTrainer(PackageLossMixin, Trainer):
     """``transformers.Trainer`` distilling ``teacher_model`` into ``model`` with a package loss.
 
     Args:
@@ -150,10 +188,13 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Token-mean total loss of the step; per-micro-batch sums go to the loss's step callback."""
-        if model is self.student_adapter.model:
-            out = self._losses(inputs)
-        else:  # wrapped for DDP/FSDP: the forward must go through the wrapper
-            out = _redirect_forward(model, self.student_adapter.model, self._losses, inputs)
+        # accelerate's mixed precision lives in the patched model.forward, which the loss does not call:
+        # its autocast is entered here, as taid-vlm train does around the whole step.
+        with self.accelerator.autocast():
+            if model is self.student_adapter.model:
+                out = self._losses(inputs)
+            else:  # wrapped for DDP/FSDP: the forward must go through the wrapper
+                out = _redirect_forward(model, self.student_adapter.model, self._losses, inputs)
         training = self.student_adapter.model.training and torch.is_grad_enabled()
         if training:
             self.loss_callback.accumulate(out)
@@ -170,25 +211,3 @@ class DistillTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-    def create_optimizer(self, *args: Any, **kwargs: Any):
-        """The default optimizer plus the loss's own parameters (CTKD's temperature), without decay."""
-        opt = super().create_optimizer(*args, **kwargs)
-        have = {id(q) for g in opt.param_groups for q in g["params"]}
-        extra = [q for q in self.loss_fn.trainable_params() if id(q) not in have]
-        if extra:
-            opt.add_param_group({"params": extra, "weight_decay": 0.0})
-        return opt
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        # The last optimizer step's loss parts and schedule (taid_t, ...) beside Trainer's averaged loss.
-        stepper = self.loss_callback.stepper
-        if stepper is not None and stepper.last and "loss" in logs:
-            logs = {**logs, **{k: v for k, v in stepper.last.items() if k not in ("loss", "tokens")}}
-        super().log(logs, *args, **kwargs)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, LOSS_STATE_FILE)
-        if os.path.isfile(path):
-            self.loss_fn.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))

@@ -17,8 +17,15 @@ QA = [("What colour is the circle?", "The circle is red."), ("How many shapes ar
       ("Where is the triangle?", "The triangle is on the left."), ("Is there a blue square?", "No."),
       ("Describe the image.", "A green triangle at the top right and a yellow circle at the bottom left.")]
 STEPS, BATCH, ACCUM = 4, 2, 2
-# alpha and beta large enough that the adaptive branch (which reads the signal) sets t, not t_lin alone.
-TAID = {"t_start": 0.3, "alpha": 0.5, "beta": 0.5}
+# The adaptive branch (which reads the signal) must set t, not t_lin alone: a large alpha, a short
+# momentum, and the KL as the signal (it changes by ~10% a step between random tiny models; the
+# cross-entropy by ~1e-4).
+TAID = {"t_start": 0.3, "alpha": 0.5, "beta": 0.5, "signal": "kl"}
+
+
+def t_linear(step: int) -> float:
+    """TAID's linear floor after 0-based optimizer step ``step`` of ``STEPS``."""
+    return TAID["t_start"] + (1.0 - TAID["t_start"]) * step / STEPS
 
 
 def make_env(root: Path, tokenizer: Any) -> dict[str, str]:
