@@ -82,8 +82,8 @@ def _hf_trainer(reference, out, parts, batches, **args) -> DistillTrainer:
     targs = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=1, per_device_eval_batch_size=1,
         gradient_accumulation_steps=ACCUM, max_steps=STEPS, max_grad_norm=1.0, logging_steps=1,
-        report_to=[], use_cpu=True, train_sampling_strategy="sequential", save_strategy="no",
-        remove_unused_columns=False, disable_tqdm=True, **args)
+        report_to=[], use_cpu=True, train_sampling_strategy="sequential", remove_unused_columns=False,
+        disable_tqdm=True, **{"save_strategy": "no", **args})
     return DistillTrainer(parts.student.model, parts.teacher.model, loss=parts.loss_fn,
                           processing_class=parts.student.tokenizer, teacher_batch_key="teacher", args=targs,
                           train_dataset=_Batches(batches), eval_dataset=_Batches(batches[:2]),
@@ -107,3 +107,23 @@ def test_hf_trainer_matches_package_trainer_and_eval_leaves_t(reference, tmp_pat
     for got, ref in zip(logged, reference["log"]):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
         assert got["taid_t"] == pytest.approx(ref["taid_t"], rel=1e-6)
+
+
+def test_hf_trainer_resume_restores_t_and_continues_like_the_package(reference, tmp_path):
+    from taid_vlm.integrations.hf_trainer import LOSS_STATE_FILE
+
+    parts, batches = same_run(reference["recipe"], tmp_path / "run")
+    first = _hf_trainer(reference, tmp_path / "hf", parts, batches, save_strategy="steps", save_steps=2)
+    first.train()
+    ckpt = tmp_path / "hf" / "checkpoint-2"
+    assert (ckpt / LOSS_STATE_FILE).is_file()
+    parts2, _ = same_run(reference["recipe"], tmp_path / "run2")  # a fresh student at t_start
+    again = _hf_trainer(reference, tmp_path / "hf", parts2, batches)
+    again.train(resume_from_checkpoint=str(ckpt))
+    assert [r["step"] for r in again.loss_callback.history] == [3, 4]
+    _assert_same(again.loss_callback.history, reference["log"][2:])
+    # A checkpoint without the loss's state is refused, not resumed at t_start.
+    (ckpt / LOSS_STATE_FILE).unlink()
+    parts3, _ = same_run(reference["recipe"], tmp_path / "run3")
+    with pytest.raises(FileNotFoundError, match=LOSS_STATE_FILE):
+        _hf_trainer(reference, tmp_path / "hf", parts3, batches).train(resume_from_checkpoint=str(ckpt))
