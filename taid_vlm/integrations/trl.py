@@ -12,7 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from trl import DistillationTrainer
+
+try:
+    from trl import DistillationTrainer
+except ImportError as err:  # an optional extra: say which
+    raise ImportError("taid_vlm.integrations.trl needs TRL >= 1.16: pip install 'taid-vlm[trl]'") from err
 
 from taid_vlm.data.types import IGNORE_INDEX
 from taid_vlm.integrations.core import as_adapter, distill_losses, resolve_loss
