@@ -127,3 +127,30 @@ def test_hf_trainer_resume_restores_t_and_continues_like_the_package(reference, 
     parts3, _ = same_run(reference["recipe"], tmp_path / "run3")
     with pytest.raises(FileNotFoundError, match=LOSS_STATE_FILE):
         _hf_trainer(reference, tmp_path / "hf", parts3, batches).train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.slow
+def test_hf_trainer_under_ddp_matches_package_trainer(reference, tmp_path):
+    """Two ranks x one micro-batch per step = one process x two: the same loss and t on every rank."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    parts, batches = same_run(reference["recipe"], tmp_path / "run")
+    parts.student.model.save_pretrained(tmp_path / "student")
+    shutil.copytree(reference["env"]["tok"], tmp_path / "tok")
+    shutil.copytree(reference["env"]["teacher"], tmp_path / "teacher")
+    torch.save([b["student"] for b in batches], tmp_path / "batches.pt")
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    proc = subprocess.run(
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
+         "-m", "tests.integration.hf_ddp_worker", str(tmp_path), str(reference["recipe"])],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"history_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every rank holds the same t and step means
+    _assert_same(ranks[0], reference["log"])
+    assert [r["tokens"] for r in ranks[0]] == [r["tokens"] for r in reference["log"]]
