@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from taid_vlm.integrations import DistillTrainer, LossStepper, distill_losses, response_token_count
 from tests.integration.integrations_env import (
@@ -75,16 +76,17 @@ class _Batches(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def _hf_trainer(reference, out, parts, batches, **args) -> DistillTrainer:
+def _hf_trainer(reference, out, parts, batches, adapters: bool = False, **args) -> DistillTrainer:
     from transformers import TrainingArguments
 
     opt, sched = fresh_optimizer(parts, reference["recipe"])
+    student, teacher = (parts.student, parts.teacher) if adapters else (parts.student.model, parts.teacher.model)
     targs = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=1, per_device_eval_batch_size=1,
-        gradient_accumulation_steps=ACCUM, max_steps=STEPS, max_grad_norm=1.0, logging_steps=1,
+        gradient_accumulation_steps=ACCUM, max_grad_norm=1.0, logging_steps=1,
         report_to=[], use_cpu=True, train_sampling_strategy="sequential", remove_unused_columns=False,
-        disable_tqdm=True, **{"save_strategy": "no", **args})
-    return DistillTrainer(parts.student.model, parts.teacher.model, loss=parts.loss_fn,
+        disable_tqdm=True, **{"save_strategy": "no", "max_steps": STEPS, **args})
+    return DistillTrainer(student, teacher, loss=parts.loss_fn,
                           processing_class=parts.student.tokenizer, teacher_batch_key="teacher", args=targs,
                           train_dataset=_Batches(batches), eval_dataset=_Batches(batches[:2]),
                           data_collator=lambda xs: xs[0], optimizers=(opt, sched))
@@ -154,3 +156,22 @@ def test_hf_trainer_under_ddp_matches_package_trainer(reference, tmp_path):
     assert ranks[0] == ranks[1]  # every rank holds the same t and step means
     _assert_same(ranks[0], reference["log"])
     assert [r["tokens"] for r in ranks[0]] == [r["tokens"] for r in reference["log"]]
+
+
+def test_hf_trainer_with_a_composed_vlm_student_matches_package_trainer(run_env, tmp_path):
+    """Adapters in, image batches: a composed VLM student and teacher, two micro-batches per step."""
+    from tests.integration.conftest import write_config
+
+    recipe = write_config(tmp_path / "vlm.yaml", run_env, loss="taid", max_steps=3, batch_size=2, grad_accum=2,
+                          warmup_steps=0, save_every=0)
+    cfg = yaml.safe_load(recipe.read_text())
+    cfg["loss"]["taid"] = TAID
+    cfg["eval"] = {"every": 0, "max_batches": 0}
+    cfg["logging"] = {"report_to": [], "progress": False, "every": 1}
+    recipe.write_text(yaml.safe_dump(cfg))
+    log = package_log(recipe)
+    parts, batches = same_run(recipe, tmp_path / "run")
+    assert "pixel_values" in batches[0]["student"]
+    trainer = _hf_trainer({"recipe": recipe}, tmp_path / "hf", parts, batches, adapters=True, max_steps=3)
+    trainer.train()
+    _assert_same(trainer.loss_callback.history, log)
