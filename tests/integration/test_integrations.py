@@ -158,6 +158,7 @@ def test_hf_trainer_under_ddp_matches_package_trainer(reference, tmp_path):
     assert [r["tokens"] for r in ranks[0]] == [r["tokens"] for r in reference["log"]]
 
 
+@pytest.mark.slow
 def test_hf_trainer_with_a_composed_vlm_student_matches_package_trainer(run_env, tmp_path):
     """Adapters in, image batches: a composed VLM student and teacher, two micro-batches per step."""
     from tests.integration.conftest import write_config
