@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
-from taid_vlm.losses import DistillLoss, NonFiniteError
+from taid_vlm.losses import NonFiniteError
 from taid_vlm.train.checkpoint import (
     SHARDED_ENGINES,
     load_checkpoint,
@@ -36,7 +36,7 @@ from taid_vlm.train.data_order import micro_batch_loader
 from taid_vlm.train.optim import clip_or_measure
 from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run, launch_summary
-from taid_vlm.train.step import compute_losses, stack_sums, teacher_side
+from taid_vlm.train.step import BASE_KEYS, compute_losses, end_loss_step, stack_sums, step_keys, teacher_side
 
 # Test hook: SIGKILL this process right after the given optimizer step (a real crash, mid-run);
 # with _KILL_RANK_ENV set, only the process of that rank.
@@ -46,14 +46,6 @@ _KILL_RANK_ENV = "TAID_VLM_TEST_KILL_RANK"
 
 class DivergedError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (``train.max_nonfinite``)."""
-
-
-BASE_KEYS = ("loss", "distil_loss", "lm_loss")
-
-
-def step_keys(loss_fn: DistillLoss) -> tuple[str, ...]:
-    """Names of the per-micro-batch sums a step accumulates: the three losses + the loss's stats."""
-    return (*BASE_KEYS, *loss_fn.stat_keys)
 
 
 class Trainer:
@@ -154,8 +146,7 @@ class Trainer:
             self.nonfinite_run += 1
         p.optimizer.zero_grad(set_to_none=True)
         p.scheduler.step()
-        stats = {k: means[k] for k in p.loss_fn.stat_keys} if finite else None
-        loss_logs = p.loss_fn.on_optimizer_step(stats, self.step, p.total_steps)
+        loss_logs = end_loss_step(p.loss_fn, means if finite else None, self.step, p.total_steps)
         self.loss_logs = loss_logs
         if loss_logs and acc.num_processes > 1:
             # Every rank must hold the same loss state (e.g. TAID's t); the spread is logged so that

@@ -153,3 +153,27 @@ def compute_losses(
         distil = torch.zeros((), device=lm.device)
     total = (1.0 - ratio) * lm + ratio * distil if loss_fn.needs_teacher else lm
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss_fn.stats}
+
+
+BASE_KEYS = ("loss", "distil_loss", "lm_loss")
+
+
+def step_keys(loss_fn: DistillLoss) -> tuple[str, ...]:
+    """Names of the per-micro-batch sums a step accumulates: the three losses + the loss's stats."""
+    return (*BASE_KEYS, *loss_fn.stat_keys)
+
+
+def end_loss_step(loss_fn: DistillLoss, means: dict[str, float] | None, step: int, total_steps: int
+                  ) -> dict[str, float]:
+    """The loss's once-per-optimizer-step hook, as every loop must call it (``taid-vlm train`` and the
+    ``taid_vlm.integrations`` loops share this one call).
+
+    Args:
+        means: token-means over every micro-batch and rank of the step of at least ``loss_fn.stat_keys``
+            (equal on every rank), or None when the step was skipped as non-finite (t stays).
+        step: optimizer steps completed before this one (0-based); total_steps: of the run.
+    Returns:
+        what the loss logs for this step (e.g. ``{"taid_t", "taid_signal"}``).
+    """
+    stats = None if means is None else {k: means[k] for k in loss_fn.stat_keys}
+    return loss_fn.on_optimizer_step(stats, step, total_steps)
