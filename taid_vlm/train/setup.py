@@ -272,7 +272,8 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         # count as not_in_teacher_cache).
         samples = named("data.train", load_samples, d.train, format=d.format, image_root=d.image_root,
                         strict=d.strict, report=report, validate_images=cache is not None,
-                        allow_outside_root=d.allow_absolute_paths, split=d.split, cache_dir=d.cache_dir)
+                        allow_outside_root=d.allow_absolute_paths, split=d.split, cache_dir=d.cache_dir,
+                        max_images=d.max_images, subset=d.subset)
         if cache is not None:
             for x in samples:
                 if x.id not in cache:
