@@ -178,6 +178,12 @@ def check_finite_weights(model: torch.nn.Module, name: str) -> None:
 
 def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
     student = build_adapter(**cfg.student.adapter_kwargs())
+    from taid_vlm.adapters.student import check_student
+
+    try:  # before the teacher loads: a family that cannot train is refused in seconds
+        check_student(student)
+    except ValueError as err:
+        raise ConfigError(f"student.family: {err}") from None
     teacher = None
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
         teacher_kwargs = cfg.teacher.adapter_kwargs()
