@@ -53,7 +53,7 @@ def _json_records(path: Path) -> Iterator[Any]:
 
 
 def iter_records(path: Any, format: str = "auto", cache_dir: str | None = None, split: str = "train",
-                 subset: str | None = None) -> Iterator[Any]:
+                 subset: str | list[str] | None = None) -> Iterator[Any]:
     """Raw records of one source (a ``SkipSample`` instance stands for an unreadable line or record).
 
     ``.json``/``.jsonl`` files are read directly; everything else (parquet, arrow, folders, hub ids,
@@ -99,7 +99,7 @@ def load_samples(
     cache_dir: str | None = None,
     split: str = "train",
     max_images: int | None = None,
-    subset: str | None = None,
+    subset: str | list[str] | None = None,
 ) -> list[Sample]:
     """Read records into samples, skipping and counting bad ones.
 
@@ -120,7 +120,7 @@ def load_samples(
         cache_dir: ``datasets`` cache folder for parquet/imagefolder inputs.
         split: the split of a ``DatasetDict`` or hub dataset.
         max_images: skip records with more images (``too_many_images``); ``None``: no cap.
-        subset: config name of a dataset with subsets (hub id or a local folder laid out so).
+        subset: config name(s) of a dataset with subsets (hub id or a local folder laid out so).
     Returns:
         The usable samples in file order; ids are unique (duplicates get ``#n`` suffixes).
     """

@@ -206,12 +206,12 @@ def _pick_split(dd: Any, split: str, where: str) -> Any:
 
 
 def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, text_column: str,
-                subset: str | None = None) -> Any:
+                subset: str | list[str] | None = None) -> Any:
     import datasets
 
     if p.is_dir() and subset:
         # A local copy laid out as on the hub (README.md `configs:` naming each subset's files).
-        return datasets.load_dataset(str(p), name=subset, split=split, streaming=streaming, cache_dir=cache_dir)
+        return load_subsets(str(p), subset, split, streaming, cache_dir)
     if p.is_dir():
         if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file():
             ds = datasets.load_from_disk(str(p))
@@ -229,7 +229,18 @@ def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, tex
     return datasets.load_dataset(builder, data_files=str(p), split="train", streaming=streaming, cache_dir=cache_dir)
 
 
-def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None, subset: str | None = None) -> Any:
+def load_subsets(name: str, subset: str | list[str], split: str, streaming: bool, cache_dir: str | None) -> Any:
+    """``split`` of one subset (a datasets config name) of ``name``, or of several, concatenated in
+    the order given (Mantis-Instruct's subsets share one schema)."""
+    import datasets
+
+    names = [subset] if isinstance(subset, str) else list(subset)
+    parts = [datasets.load_dataset(name, n, split=split, streaming=streaming, cache_dir=cache_dir) for n in names]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None,
+              subset: str | list[str] | None = None) -> Any:
     import os
 
     import datasets
@@ -237,7 +248,9 @@ def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None, sub
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).suffix in FILE_SUFFIXES:
         raise FileNotFoundError(f"data file {name!r} does not exist (and it is not a hub dataset id)")
     try:
-        return datasets.load_dataset(name, subset, split=split, streaming=streaming, cache_dir=cache_dir)
+        if subset:
+            return load_subsets(name, subset, split, streaming, cache_dir)
+        return datasets.load_dataset(name, split=split, streaming=streaming, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - any failure here means "not available"; say why and how
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         how = ("HF_HUB_OFFLINE is set, so only datasets already in the local Hugging Face cache load; "
@@ -253,10 +266,10 @@ def looks_like_hub_id(value: str) -> bool:
 
 
 def open_records(source: Any, *, streaming: bool = False, split: str = "train", cache_dir: str | None = None,
-                 text_column: str = "text", subset: str | None = None) -> Any:
+                 text_column: str = "text", subset: str | list[str] | None = None) -> Any:
     """Any accepted source (module docstring) -> ``datasets.Dataset`` or, when ``streaming`` (or the
     source is one), ``datasets.IterableDataset``; images are not decoded when rows are read.
-    ``subset``: the config name of a dataset with subsets (a hub id, or a local folder laid out so)."""
+    ``subset``: the config name(s) of a dataset with subsets (a hub id, or a local folder laid out so)."""
     import datasets
 
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):

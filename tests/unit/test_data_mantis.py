@@ -101,3 +101,7 @@ def test_hub_layout_subset_reads_through_datasets(root):
     assert out[1].images[0].load().getpixel((0, 0)) == (0, 18, 0) and out[1].meta["source"] == "multi_vqa"
     out = load_samples(str(data), subset="nlvr2", image_root=root / "images")
     assert [img.load().getpixel((0, 0)) for img in out[0].images] == [(255, 0, 0), (0, 0, 255)]
+    both = load_samples(str(data), subset=["multi_vqa", "nlvr2"], image_root=root / "images")
+    assert [s.id for s in both] == ["m1", "m2", "m0"]
+    with pytest.raises(ConfigError, match="data.subset"):
+        DataConfig(train="x", subset=[]).check()
