@@ -231,12 +231,17 @@ def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, tex
 
 def load_subsets(name: str, subset: str | list[str], split: str, streaming: bool, cache_dir: str | None) -> Any:
     """``split`` of one subset (a datasets config name) of ``name``, or of several, concatenated in
-    the order given (Mantis-Instruct's subsets share one schema)."""
+    the order given, on the columns they all have (smollm-corpus's subsets share only ``text``)."""
     import datasets
 
     names = [subset] if isinstance(subset, str) else list(subset)
     parts = [datasets.load_dataset(name, n, split=split, streaming=streaming, cache_dir=cache_dir) for n in names]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if len(parts) == 1:
+        return parts[0]
+    if all(p.column_names for p in parts):
+        common = [c for c in parts[0].column_names if all(c in p.column_names for p in parts[1:])]
+        parts = [p.select_columns(common) for p in parts]
+    return datasets.concatenate_datasets(parts)
 
 
 def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None,

@@ -105,3 +105,22 @@ def test_hub_layout_subset_reads_through_datasets(root):
     assert [s.id for s in both] == ["m1", "m2", "m0"]
     with pytest.raises(ConfigError, match="data.subset"):
         DataConfig(train="x", subset=[]).check()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_subsets_with_other_columns_concatenate_on_the_shared_ones(tmp_path, streaming):
+    """smollm-corpus's subsets share only ``text``: a list of them reads as one table of the shared columns."""
+    import datasets
+
+    from taid_vlm.data.sources import open_records
+
+    cards = []
+    for name, extra in (("cosmo", {"prompt": ["p1", "p2"]}), ("fineweb", {"score": [0.5]})):
+        (tmp_path / name).mkdir()
+        rows = {"text": [f"{name} {i}" for i in range(len(next(iter(extra.values()))))], **extra}
+        datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / name / "train-00000.parquet"))
+        cards.append(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/*.parquet\n")
+    (tmp_path / "README.md").write_text("---\nconfigs:\n" + "".join(cards) + "---\n")
+    ds = open_records(str(tmp_path), subset=["cosmo", "fineweb"], streaming=streaming)
+    assert [r["text"] for r in ds] == ["cosmo 0", "cosmo 1", "fineweb 0"]
+    assert list(next(iter(ds))) == ["text"]
