@@ -124,3 +124,13 @@ def test_subsets_with_other_columns_concatenate_on_the_shared_ones(tmp_path, str
     ds = open_records(str(tmp_path), subset=["cosmo", "fineweb"], streaming=streaming)
     assert [r["text"] for r in ds] == ["cosmo 0", "cosmo 1", "fineweb 0"]
     assert list(next(iter(ds))) == ["text"]
+
+
+def test_subset_round_trips_through_the_saved_config(tmp_path):
+    """The run marker and final/config.yaml hold data.subset (null, a name or a list) and load back."""
+    from taid_vlm.config_io import config_from_dict, config_to_dict
+
+    for subset in (None, "nlvr2", ["nlvr2", "multi_vqa"]):
+        cfg = config_from_dict({"data": {"train": "x.json", "subset": subset}, "student": {"family": "text", "path": "s"},
+                                "loss": {"name": "sft"}, "train": {"output_dir": str(tmp_path)}})
+        assert config_from_dict(config_to_dict(cfg)).data.subset == subset

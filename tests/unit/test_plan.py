@@ -109,11 +109,16 @@ def test_sizes_parse():
 
 
 @pytest.mark.slow
-def test_flagship_recipe_fits_8x80gb_with_its_placement(capsys):
-    assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+@pytest.mark.parametrize(("recipe", "placement", "replicated_fits"), [
+    ("taid_vlm_2b", "replicated", True),  # InternVL3-8B-hf: ~15 GiB of teacher per GPU
+    ("composed_vlm_qwen2vl72b", "sharded", False),  # 147 GB of teacher per GPU when replicated
+    ("taid_llm_1p5b", "sharded", False),
+])
+def test_shipped_recipes_fit_8x80gb_with_their_placement(capsys, recipe, placement, replicated_fits):
+    assert main(["plan", f"configs/{recipe}.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
     text = capsys.readouterr().out
-    assert "teacher.placement sharded: fits" in text
-    assert "replicated" not in text.split("placements that fit:")[1]  # 147 GB of teacher per GPU
+    assert f"teacher.placement {placement}: fits" in text
+    assert ("replicated" in text.split("placements that fit:")[1]) == replicated_fits
 
 
 def test_hf_vlm_student_counts_only_the_parts_it_trains(tmp_path, tiny_tokenizer):
@@ -144,3 +149,11 @@ def test_hf_vlm_student_counts_only_the_parts_it_trains(tmp_path, tiny_tokenizer
     assert full.trainable == total and full.vision_tokens == (32 // 8) ** 2 and full.vision_layers == 1
     assert mem_full["gradients"] - mem_frozen["gradients"] == sizes["vision"] * 4
     assert mem_full["activations"] - mem_frozen["activations"] == _acts(2 * 3 * 16, 32, 1, 4, False)
+
+
+def test_flagship_pair_counts_as_published(capsys):
+    """The shipped InternVL3 -hf configs give the checkpoints' sizes (2.09B and 7.94B), and the frozen
+    tower (InternViT-300M) is all the flagship student does not train."""
+    assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("student 2.089B params (1.785B trained), teacher 7.944B")
