@@ -99,6 +99,11 @@ def test_flagship_miniature_trains_reloads_and_answers(pair, tmp_path):
         gen = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     answer = processor.decode(gen[0, inputs["input_ids"].shape[1]:])
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 6 and isinstance(answer, str) and answer
+    from transformers import pipeline
+
+    pipe = pipeline("image-text-to-text", model=str(out / "final"))
+    assert type(pipe.model) is InternVLForConditionalGeneration
+    assert isinstance(pipe(text=messages, max_new_tokens=4, return_full_text=False)[0]["generated_text"], str)
 
     # Killed at step 3, resumed from step 2's checkpoint: the same student, bit for bit.
     crash = tmp_path / "crash"
