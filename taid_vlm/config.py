@@ -130,7 +130,13 @@ class DataConfig:
     val: str | None = None
     """Validation data for the loss hook; same formats as `train`."""
     format: str = "auto"
-    """Record format: auto, llava, sharegpt, messages, cauldron, vqa, caption, hf, or text (raw text, packed)."""
+    """Record format: auto, llava, sharegpt, messages, cauldron, mantis, vqa, caption, hf, or text (raw text, packed)."""
+    subset: str | list[str] | None = None
+    """Subset(s) (datasets config names) of a dataset laid out as on the hub with subsets as configs, e.g.
+    Mantis-Instruct's (nlvr2, multi_vqa, ...), a list concatenated in order: a hub id from the local
+    cache or a local copy of its folder."""
+    max_images: int | None = None
+    """Skip records with more images than this (counted as too_many_images); null: no cap."""
     image_root: str | None = None
     """Folder image paths are relative to; defaults to the data file's folder."""
     allow_absolute_paths: bool = False
@@ -162,7 +168,12 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.encode_cache_mb >= 0, "data.encode_cache_mb", "must be >= 0")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
-        formats = ("auto", "llava", "sharegpt", "messages", "cauldron", "vqa", "caption", "hf", "text")
+        names = [self.subset] if isinstance(self.subset, str) else self.subset
+        _check(names is None or (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)),
+               "data.subset", f"must be a subset name or a non-empty list of names, got {self.subset!r}")
+        _check(self.max_images is None or self.max_images >= 1, "data.max_images",
+               f"must be >= 1 or null, got {self.max_images}")
+        formats = ("auto", "llava", "sharegpt", "messages", "cauldron", "mantis", "vqa", "caption", "hf", "text")
         _check(self.format in formats, "data.format", f"unknown format {self.format!r}; valid: {', '.join(formats)}")
 
 

@@ -186,17 +186,24 @@ class HFVLMAdapter(Adapter):
 
     def parts(self) -> dict[str, nn.Module]:
         """``vision`` / ``projector`` / ``lm`` (LM body + head); no parameter is in two parts."""
-        vision = _attr(self.model, self.rule.vision)
-        if self.rule.vision_skip:
-            vision = nn.ModuleList([m for n, m in vision.named_children() if n != self.rule.vision_skip])
-        projector = _attr(self.model, self.rule.projector)
-        if self.rule.projector_params:
-            loose = nn.Module()  # holds the very same Parameter objects, so training them trains the model's
-            for path in self.rule.projector_params:
-                loose.register_parameter(path.replace(".", "_"), _attr(self.model, path))
-            projector = nn.ModuleList([projector, loose])
-        lm = nn.ModuleList([_attr(self.model, p) for p in self.rule.lm])
-        return {"vision": vision, "projector": projector, "lm": lm}
+        return rule_parts(self.model, self.rule)
+
+
+def rule_parts(model: nn.Module, rule: FamilyRule) -> dict[str, nn.Module]:
+    """The ``vision`` / ``projector`` / ``lm`` submodules of a transformers VLM, found through the
+    attribute paths of its family ``rule`` (``model.vision_tower``, ``model.multi_modal_projector``,
+    ``model.language_model`` + ``lm_head``, ...). Works on meta-device models (the memory plan)."""
+    vision = _attr(model, rule.vision)
+    if rule.vision_skip:
+        vision = nn.ModuleList([m for n, m in vision.named_children() if n != rule.vision_skip])
+    projector = _attr(model, rule.projector)
+    if rule.projector_params:
+        loose = nn.Module()  # holds the very same Parameter objects, so training them trains the model's
+        for path in rule.projector_params:
+            loose.register_parameter(path.replace(".", "_"), _attr(model, path))
+        projector = nn.ModuleList([projector, loose])
+    lm = nn.ModuleList([_attr(model, p) for p in rule.lm])
+    return {"vision": vision, "projector": projector, "lm": lm}
 
 
 def _load(path: str, dtype: torch.dtype, trust_remote_code: bool, attn_implementation: str | None) -> nn.Module:

@@ -125,7 +125,8 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
     place_teacher(teacher.model, cfg.teacher, acc)
     report = DataReport()
     samples = load_samples(cfg.data.train, format=cfg.data.format, image_root=cfg.data.image_root,
-                           strict=cfg.data.strict, report=report)
+                           strict=cfg.data.strict, report=report, split=cfg.data.split,
+                           max_images=cfg.data.max_images, subset=cfg.data.subset)
     collate = PairCollator(teacher, None, max_length=cfg.data.max_length, report=report, strict=cfg.data.strict)
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
     n_shards = (len(samples) + shard_size - 1) // shard_size

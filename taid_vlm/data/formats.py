@@ -1,10 +1,13 @@
 """Record formats -> ``Sample``: LLaVA / ShareGPT conversations, TRL ``messages``, the_cauldron
-(``images`` + ``texts`` user/assistant pairs), VQA and caption records.
+(``images`` + ``texts`` user/assistant pairs), Mantis-Instruct (``conversation`` turns + ``images``
+as ``{bytes, path}``), VQA and caption records.
 
 Every converter returns a ``Sample`` whose messages are ``{"role", "content": [blocks]}`` with
 ``{"type": "image"}`` blocks in the place of each image, or raises ``SkipSample``:
 ``unknown_role``, ``no_assistant_turn``, ``empty_answer``, ``bad_text`` (text that is not valid
-UTF-8: undecodable bytes read as surrogates, or lone surrogate escapes), ``bad_record``.
+UTF-8: undecodable bytes read as surrogates, or lone surrogate escapes), ``image_count_mismatch``
+(``<image>`` placeholders and images disagree), ``too_many_images`` (over ``max_images``),
+``bad_record``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from taid_vlm.data.images import DEFAULT_MAX_PIXELS, ImageRef, image_ref
 from taid_vlm.data.types import Sample, SkipSample
 
 IMAGE_PLACEHOLDER = "<image>"
-FORMATS = ("llava", "sharegpt", "messages", "cauldron", "vqa", "caption")
+FORMATS = ("llava", "sharegpt", "messages", "cauldron", "mantis", "vqa", "caption")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -33,6 +36,7 @@ class RecordOptions:
         max_pixels, min_side, max_side: passed to every ``ImageRef``.
         caption_prompt: user prompt of caption records.
         vqa_template: user prompt of VQA records, with ``{question}``.
+        max_images: records with more images are skipped (``too_many_images``); ``None``: no cap.
     """
 
     image_root: str | None = None
@@ -42,6 +46,7 @@ class RecordOptions:
     max_side: int | None = None
     caption_prompt: str = "Describe the image."
     vqa_template: str = "{question}"
+    max_images: int | None = None
 
     def image(self, value: Any) -> ImageRef:
         return image_ref(value, root=self.image_root, allow_outside_root=self.allow_outside_root,
@@ -54,6 +59,8 @@ def detect_format(rec: dict[str, Any]) -> str:
         return "llava"
     if "messages" in rec:
         return "messages"
+    if "conversation" in rec:
+        return "mantis"
     if "texts" in rec:
         return "cauldron"
     if "question" in rec and ("answers" in rec or "answer" in rec):
@@ -110,8 +117,9 @@ def _count_images(messages: list[dict[str, Any]]) -> int:
 
 
 def finish(sid: str, messages: list[dict[str, Any]], images: list[Any], opts: RecordOptions,
-           meta: dict[str, Any] | None = None) -> Sample:
-    """Common checks; puts images first in the first user turn when no placeholder names them."""
+           meta: dict[str, Any] | None = None, exact_placeholders: bool = False) -> Sample:
+    """Common checks; puts images first in the first user turn when no placeholder names them
+    (unless ``exact_placeholders``: then every image needs its placeholder)."""
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise SkipSample("no_assistant_turn", f"roles {roles}")
@@ -120,30 +128,49 @@ def finish(sid: str, messages: list[dict[str, Any]], images: list[Any], opts: Re
             text = "".join(b.get("text", "") for b in m["content"] if b.get("type") == "text")
             if not text.strip():
                 raise SkipSample("empty_answer", "an assistant turn has no text")
+    if opts.max_images is not None and len(images) > opts.max_images:
+        raise SkipSample("too_many_images", f"{len(images)} images > data.max_images {opts.max_images}")
     n_blocks = _count_images(messages)
-    if n_blocks == 0 and images:
+    if n_blocks == 0 and images and not exact_placeholders:
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is None:
             raise SkipSample("bad_record", "images but no user turn to put them in")
         first_user["content"] = [{"type": "image"} for _ in images] + first_user["content"]
     elif n_blocks != len(images):
-        raise SkipSample("bad_record", f"{n_blocks} image placeholders but {len(images)} images")
+        raise SkipSample("image_count_mismatch", f"{n_blocks} image placeholders but {len(images)} images")
     refs = [opts.image(x) for x in images]
     return Sample(id=sid, messages=messages, images=refs, meta=meta or {})
 
 
-def from_llava(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
-    """``{"id", "image": str | [str] | None, "conversations": [{"from", "value"}]}``."""
+def _turns(turns: Any) -> list[dict[str, Any]]:
+    """``[{"from" | "role", "value" | "content"}]`` -> messages of blocks."""
     messages = []
-    for i, turn in enumerate(_as_list(rec.get("conversations"))):
+    for i, turn in enumerate(_as_list(turns)):
         if not isinstance(turn, dict):
             raise SkipSample("bad_record", f"turn {i} is not an object")
         role = ROLES.get(check_text(turn.get("from", turn.get("role", "")), f"turn {i} role"))
         if role is None:
-            raise SkipSample("unknown_role", f"turn {i}: {turn.get('from')!r}")
+            raise SkipSample("unknown_role", f"turn {i}: {turn.get('from', turn.get('role'))!r}")
         text = check_text(turn.get("value", turn.get("content", "")), f"turn {i}")
         messages.append({"role": role, "content": text_blocks(text)})
-    return finish(sid, messages, _images(rec.get("image", rec.get("images"))), opts)
+    return messages
+
+
+def from_llava(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
+    """``{"id", "image": str | [str] | None, "conversations": [{"from", "value"}]}``."""
+    return finish(sid, _turns(rec.get("conversations")), _images(rec.get("image", rec.get("images"))), opts)
+
+
+def from_mantis(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
+    """TIGER-Lab/Mantis-Instruct: ``{"id", "images": [{"bytes", "path"}], "conversation": [{"role",
+    "content"}], "source"}``; each image has its ``<image>`` in the text, in order (checked).
+
+    Embedded bytes are decoded in memory; a bare ``path`` (the subsets' zip layout) is resolved under
+    ``image_root``. ``meta["source"]``: the record's source set, when given.
+    """
+    meta = {"source": rec["source"]} if isinstance(rec.get("source"), str) else None
+    return finish(sid, _turns(rec.get("conversation")), _images(rec.get("images")), opts, meta,
+                  exact_placeholders=True)
 
 
 def from_cauldron(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
@@ -230,7 +257,7 @@ def from_caption(rec: dict[str, Any], sid: str, opts: RecordOptions) -> Sample:
 # ShareGPT (``conversations`` of ``from``/``value`` or ``role``/``content``, with ``system``/``human``/
 # ``gpt`` turns) is the LLaVA layout without the image; one converter reads both.
 CONVERTERS = {"llava": from_llava, "sharegpt": from_llava, "messages": from_messages, "cauldron": from_cauldron,
-              "vqa": from_vqa, "caption": from_caption}
+              "mantis": from_mantis, "vqa": from_vqa, "caption": from_caption}
 
 
 def record_id(rec: dict[str, Any], index: int) -> str:

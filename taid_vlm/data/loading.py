@@ -45,12 +45,12 @@ def record_options(dcfg: Any, source: Any) -> RecordOptions:
     if root is None and isinstance(source, (str, Path)) and Path(source).exists():
         p = Path(source)
         root = str(p if p.is_dir() else p.parent)
-    return RecordOptions(image_root=root, allow_outside_root=dcfg.allow_absolute_paths)
+    return RecordOptions(image_root=root, allow_outside_root=dcfg.allow_absolute_paths, max_images=dcfg.max_images)
 
 
 def _open(dcfg: Any, source: Any, streaming: bool) -> Any:
     return open_records(source, streaming=streaming, split=dcfg.split, cache_dir=dcfg.cache_dir,
-                        text_column=dcfg.text_column)
+                        text_column=dcfg.text_column, subset=dcfg.subset)
 
 
 def _text_data(dcfg: Any, tokenizer: Any, report: DataReport, has_teacher: bool) -> TrainData:
@@ -99,7 +99,7 @@ def load_train_data(dcfg: Any, tokenizer: Any, report: DataReport, *, has_teache
     if dcfg.val:
         val = load_samples(dcfg.val, format=dcfg.format, image_root=dcfg.image_root, strict=dcfg.strict,
                            report=DataReport(), validate_images=False, allow_outside_root=dcfg.allow_absolute_paths,
-                           split=dcfg.split, cache_dir=dcfg.cache_dir)
+                           split=dcfg.split, cache_dir=dcfg.cache_dir, max_images=dcfg.max_images, subset=dcfg.subset)
     if dcfg.streaming:
         def to_items(ds: Any) -> Any:
             return StreamSamples(ds, fmt, opts, name, dcfg.strict)

@@ -52,7 +52,8 @@ def _json_records(path: Path) -> Iterator[Any]:
     yield from data
 
 
-def iter_records(path: Any, format: str = "auto", cache_dir: str | None = None, split: str = "train") -> Iterator[Any]:
+def iter_records(path: Any, format: str = "auto", cache_dir: str | None = None, split: str = "train",
+                 subset: str | list[str] | None = None) -> Iterator[Any]:
     """Raw records of one source (a ``SkipSample`` instance stands for an unreadable line or record).
 
     ``.json``/``.jsonl`` files are read directly; everything else (parquet, arrow, folders, hub ids,
@@ -67,7 +68,7 @@ def iter_records(path: Any, format: str = "auto", cache_dir: str | None = None, 
             raise FileNotFoundError(f"data file {str(p)!r} does not exist")
     from taid_vlm.data.sources import SKIP_KEY, open_records
 
-    ds = open_records(path, split=split, cache_dir=cache_dir)
+    ds = open_records(path, split=split, cache_dir=cache_dir, subset=subset)
     for row in (ArrowRows(ds) if hasattr(ds, "with_format") and hasattr(ds, "__len__") else ds):
         rec = decode_row(row)
         yield SkipSample(*rec[SKIP_KEY]) if isinstance(rec, dict) and SKIP_KEY in rec else rec
@@ -97,6 +98,8 @@ def load_samples(
     limit: int | None = None,
     cache_dir: str | None = None,
     split: str = "train",
+    max_images: int | None = None,
+    subset: str | list[str] | None = None,
 ) -> list[Sample]:
     """Read records into samples, skipping and counting bad ones.
 
@@ -116,6 +119,8 @@ def load_samples(
         limit: stop after this many used samples.
         cache_dir: ``datasets`` cache folder for parquet/imagefolder inputs.
         split: the split of a ``DatasetDict`` or hub dataset.
+        max_images: skip records with more images (``too_many_images``); ``None``: no cap.
+        subset: config name(s) of a dataset with subsets (hub id or a local folder laid out so).
     Returns:
         The usable samples in file order; ids are unique (duplicates get ``#n`` suffixes).
     """
@@ -132,9 +137,9 @@ def load_samples(
         p = Path(one) if local else Path(str(one) if isinstance(one, (str, Path)) else type(one).__name__)
         root = image_root if image_root is not None else ((p if p.is_dir() else p.parent) if local else None)
         opts = RecordOptions(str(root), allow_outside_root, max_pixels, min_side, max_side, caption_prompt,
-                             vqa_template)
+                             vqa_template, max_images)
         fmt = "auto" if format == "hf" else format
-        for index, rec in enumerate(iter_records(one, format, cache_dir, split)):
+        for index, rec in enumerate(iter_records(one, format, cache_dir, split, subset)):
             if limit is not None and len(out) >= limit:
                 return out
             report.count_read()

@@ -205,9 +205,13 @@ def _pick_split(dd: Any, split: str, where: str) -> Any:
     raise ValueError(f"{where}: no split {split!r}; it has {', '.join(dd)} (set data.split)")
 
 
-def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, text_column: str) -> Any:
+def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, text_column: str,
+                subset: str | list[str] | None = None) -> Any:
     import datasets
 
+    if p.is_dir() and subset:
+        # A local copy laid out as on the hub (README.md `configs:` naming each subset's files).
+        return load_subsets(str(p), subset, split, streaming, cache_dir)
     if p.is_dir():
         if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file():
             ds = datasets.load_from_disk(str(p))
@@ -225,7 +229,23 @@ def _open_local(p: Path, streaming: bool, split: str, cache_dir: str | None, tex
     return datasets.load_dataset(builder, data_files=str(p), split="train", streaming=streaming, cache_dir=cache_dir)
 
 
-def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None) -> Any:
+def load_subsets(name: str, subset: str | list[str], split: str, streaming: bool, cache_dir: str | None) -> Any:
+    """``split`` of one subset (a datasets config name) of ``name``, or of several, concatenated in
+    the order given, on the columns they all have (smollm-corpus's subsets share only ``text``)."""
+    import datasets
+
+    names = [subset] if isinstance(subset, str) else list(subset)
+    parts = [datasets.load_dataset(name, n, split=split, streaming=streaming, cache_dir=cache_dir) for n in names]
+    if len(parts) == 1:
+        return parts[0]
+    if all(p.column_names for p in parts):
+        common = [c for c in parts[0].column_names if all(c in p.column_names for p in parts[1:])]
+        parts = [p.select_columns(common) for p in parts]
+    return datasets.concatenate_datasets(parts)
+
+
+def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None,
+              subset: str | list[str] | None = None) -> Any:
     import os
 
     import datasets
@@ -233,6 +253,8 @@ def _open_hub(name: str, streaming: bool, split: str, cache_dir: str | None) -> 
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).suffix in FILE_SUFFIXES:
         raise FileNotFoundError(f"data file {name!r} does not exist (and it is not a hub dataset id)")
     try:
+        if subset:
+            return load_subsets(name, subset, split, streaming, cache_dir)
         return datasets.load_dataset(name, split=split, streaming=streaming, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 - any failure here means "not available"; say why and how
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
@@ -249,9 +271,10 @@ def looks_like_hub_id(value: str) -> bool:
 
 
 def open_records(source: Any, *, streaming: bool = False, split: str = "train", cache_dir: str | None = None,
-                 text_column: str = "text") -> Any:
+                 text_column: str = "text", subset: str | list[str] | None = None) -> Any:
     """Any accepted source (module docstring) -> ``datasets.Dataset`` or, when ``streaming`` (or the
-    source is one), ``datasets.IterableDataset``; images are not decoded when rows are read."""
+    source is one), ``datasets.IterableDataset``; images are not decoded when rows are read.
+    ``subset``: the config name(s) of a dataset with subsets (a hub id, or a local folder laid out so)."""
     import datasets
 
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -259,9 +282,9 @@ def open_records(source: Any, *, streaming: bool = False, split: str = "train", 
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         ds = source
     elif isinstance(source, (str, Path)) and Path(source).exists():
-        ds = _open_local(Path(source), streaming, split, cache_dir, text_column)
+        ds = _open_local(Path(source), streaming, split, cache_dir, text_column, subset)
     elif isinstance(source, (str, Path)):
-        ds = _open_hub(str(source), streaming, split, cache_dir)
+        ds = _open_hub(str(source), streaming, split, cache_dir, subset)
     else:
         raise TypeError(f"data source of type {type(source).__name__}: pass a path, a hub id, or a datasets "
                         "Dataset / DatasetDict / IterableDataset")

@@ -14,7 +14,9 @@ Parameter counts come from the model configs, instantiated on the meta device (a
   Korthikanti et al. 2022 (flash/SDPA attention): ``34 * B * L * H * a / 2`` bytes (``a``: 2 under bf16/
   fp16 autocast or a 16-bit student, else 4) for each layer, or with gradient checkpointing the layer
   inputs ``2 * B * L * H * a / 2`` per layer plus one layer's ``34 * B * L * H * a / 2``; the vision
-  tower likewise over its patch tokens when it is trained;
+  tower likewise over its patch tokens (``data.max_images`` images per sample, else one) when it is
+  trained. An HF VLM student trains (gradients, AdamW state) only the parts its
+  ``student.train_vision/projector/lm`` switches turn on, found by its family's rule;
 - teacher activations: no autograd, one layer alive: ``34 * B * L * H_t * b_t / 2``;
 - fused loss: six fp32 ``[R, V]`` buffers (student and teacher logits, their softmaxes, the target,
   the gradient), ``R`` = the rows of ``loss.chunk_size`` (``chunk_rows``; fused) or ``B * L`` (unfused).
@@ -131,17 +133,42 @@ def model_shape(spec: ModelConfig) -> Shape:
         return _composed_shape(spec)
     d = _text_cfg({"path": spec.path, "config": spec.config}, spec.tokenizer)
     if "vision_config" in d:  # an HF VLM (qwen2_vl, llava, ...)
-        from transformers import AutoModelForImageTextToText
-
-        model = _meta(lambda: AutoModelForImageTextToText.from_config(_hf_config(d)))
-        text = getattr(model.config, "text_config", None) or model.config
-        hidden, layers = text.hidden_size, text.num_hidden_layers
-        vocab = model.get_output_embeddings().weight.shape[0]
-    else:
-        model, hidden, layers, vocab = _lm_shape(d)
+        return _hf_vlm_shape(spec, d)
+    model, hidden, layers, vocab = _lm_shape(d)
     params, whole = _count(model, list(getattr(model, "_no_split_modules", None) or []))
     trainable = params if isinstance(spec, StudentConfig) else 0
     return Shape(params, whole, trainable, vocab * hidden, hidden, layers, vocab)
+
+
+def _hf_vlm_shape(spec: ModelConfig, d: dict[str, Any]) -> Shape:
+    """An HF VLM on the meta device; as a student, only the parts its switches train count as
+    trainable (the family's ``rule_parts``, as training freezes them), and the vision tower's size
+    is kept for its activations. Vision tokens: one ``image_size`` tile per image (a lower bound for
+    tiling processors such as InternVL's)."""
+    from transformers import AutoModelForImageTextToText
+
+    from taid_vlm.adapters.hf_vlm import rule_parts
+    from taid_vlm.adapters.registry import family_for_model_type
+    from taid_vlm.adapters.vlm_families import family_rule
+
+    model = _meta(lambda: AutoModelForImageTextToText.from_config(_hf_config(d)))
+    text = getattr(model.config, "text_config", None) or model.config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    vocab = model.get_output_embeddings().weight.shape[0]
+    params, whole = _count(model, list(getattr(model, "_no_split_modules", None) or []))
+    if not isinstance(spec, StudentConfig):
+        return Shape(params, whole, 0, vocab * hidden, hidden, layers, vocab)
+    family = spec.family if spec.family != "auto" else family_for_model_type(d["model_type"])
+    parts = rule_parts(model, family_rule(family))
+    counts = {name: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values()) for name, m in parts.items()}
+    trainable = sum(n for name, n in counts.items() if getattr(spec, f"train_{name}"))
+    v = model.config.vision_config
+    side, patch = (getattr(v, k, None) for k in ("image_size", "patch_size"))
+    side, patch = (x[0] if isinstance(x, (list, tuple)) else x for x in (side, patch))
+    tokens = (side // patch) ** 2 if side and patch else 0
+    return Shape(params, whole, trainable, vocab * hidden, hidden, layers, vocab, vision_params=counts["vision"],
+                 vision_hidden=v.hidden_size, vision_layers=getattr(v, "num_hidden_layers", None) or v.depth,
+                 vision_tokens=tokens)
 
 
 def _composed_shape(spec: ModelConfig) -> Shape:
@@ -208,7 +235,8 @@ def placement_memory(cfg: Config, teacher: Shape, student: Shape, gpus: int, pla
     ckpt = cfg.student.gradient_checkpointing
     act = _acts(tokens, student.hidden, student.layers, a, ckpt)
     if student.vision_params and getattr(cfg.student, "train_vision", False):
-        act += _acts(cfg.train.batch_size * student.vision_tokens, student.vision_hidden, student.vision_layers, a, ckpt)
+        images = cfg.train.batch_size * (cfg.data.max_images or 1)  # up to data.max_images per sample
+        act += _acts(images * student.vision_tokens, student.vision_hidden, student.vision_layers, a, ckpt)
     rows = chunk_rows(cfg.loss.chunk_size, student.vocab) if cfg.loss.fused else tokens
     out = {
         "teacher_weights": t_dev,

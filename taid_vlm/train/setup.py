@@ -178,6 +178,12 @@ def check_finite_weights(model: torch.nn.Module, name: str) -> None:
 
 def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
     student = build_adapter(**cfg.student.adapter_kwargs())
+    from taid_vlm.adapters.student import check_student
+
+    try:  # before the teacher loads: a family that cannot train is refused in seconds
+        check_student(student)
+    except ValueError as err:
+        raise ConfigError(f"student.family: {err}") from None
     teacher = None
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
         teacher_kwargs = cfg.teacher.adapter_kwargs()
@@ -272,7 +278,8 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         # count as not_in_teacher_cache).
         samples = named("data.train", load_samples, d.train, format=d.format, image_root=d.image_root,
                         strict=d.strict, report=report, validate_images=cache is not None,
-                        allow_outside_root=d.allow_absolute_paths, split=d.split, cache_dir=d.cache_dir)
+                        allow_outside_root=d.allow_absolute_paths, split=d.split, cache_dir=d.cache_dir,
+                        max_images=d.max_images, subset=d.subset)
         if cache is not None:
             for x in samples:
                 if x.id not in cache:

@@ -95,7 +95,7 @@ def test_saved_family_teacher_distils_through_the_cli(variant, env, tmp_path, ti
 
 
 def test_flagship_shape_a_text_lm_student_takes_the_teacher_tokenizer(env, tmp_path, tiny_tokenizer, capsys):
-    """configs/taid_vlm_2b.yaml in miniature: a Qwen2-VL teacher; the student is a pretrained text LM
+    """configs/composed_vlm_qwen2vl72b.yaml in miniature: a Qwen2-VL teacher; the student is a pretrained text LM
     whose own tokenizer lacks the vision tokens, with the teacher's <|image_pad|> as its image token."""
     from taid_vlm.models.factory import build_text_lm
     from taid_vlm.models.tiny import tiny_text_config

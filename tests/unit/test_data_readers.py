@@ -146,13 +146,13 @@ def test_image_placement_and_formats_in_one_file(tmp_path):
         load_samples(path, format="coco")
 
 
-def test_placeholder_count_mismatch_is_bad_record(tmp_path):
+def test_placeholder_count_mismatch_has_its_own_reason(tmp_path):
     (tmp_path / "a.png").write_bytes(png())
     rec = {"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "<image><image>"},
                                                           {"from": "gpt", "value": "ok"}]}
     (tmp_path / "d.json").write_text(json.dumps([rec]))
     report = DataReport()
-    assert load_samples(tmp_path / "d.json", report=report) == [] and report.skipped["bad_record"] == 1
+    assert load_samples(tmp_path / "d.json", report=report) == [] and report.skipped == {"image_count_mismatch": 1}
 
 
 def test_parquet_with_embedded_bytes_and_image_feature(tmp_path):

@@ -109,8 +109,51 @@ def test_sizes_parse():
 
 
 @pytest.mark.slow
-def test_flagship_recipe_fits_8x80gb_with_its_placement(capsys):
-    assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+@pytest.mark.parametrize(("recipe", "placement", "replicated_fits"), [
+    ("taid_vlm_2b", "replicated", True),  # InternVL3-8B-hf: ~15 GiB of teacher per GPU
+    ("composed_vlm_qwen2vl72b", "sharded", False),  # 147 GB of teacher per GPU when replicated
+    ("taid_llm_1p5b", "sharded", False),
+])
+def test_shipped_recipes_fit_8x80gb_with_their_placement(capsys, recipe, placement, replicated_fits):
+    assert main(["plan", f"configs/{recipe}.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
     text = capsys.readouterr().out
-    assert "teacher.placement sharded: fits" in text
-    assert "replicated" not in text.split("placements that fit:")[1]  # 147 GB of teacher per GPU
+    assert f"teacher.placement {placement}: fits" in text
+    assert ("replicated" in text.split("placements that fit:")[1]) == replicated_fits
+
+
+def test_hf_vlm_student_counts_only_the_parts_it_trains(tmp_path, tiny_tokenizer):
+    """An HF VLM student (InternVL) with its vision tower frozen: gradients and AdamW state for the
+    projector and LM only; the tower's activations only when it trains, per image of data.max_images."""
+    from taid_vlm.adapters.hf_vlm import rule_parts
+    from taid_vlm.adapters.vlm_families import family_rule
+    from taid_vlm.models.tiny_hf import tiny_vlm
+    from taid_vlm.train.plan import _acts
+
+    model, _ = tiny_vlm("internvl", tiny_tokenizer)
+    model.config.save_pretrained(tmp_path / "s")
+    sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in rule_parts(model, family_rule("internvl")).items()}
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(sizes.values()) == total and min(sizes.values()) > 0
+
+    def plan(**student):
+        cfg = config_from_dict({"student": {"family": "auto", "path": str(tmp_path / "s"), **student},
+                                "teacher": {"family": "auto", "path": str(tmp_path / "s")},
+                                "data": {"train": "x.json", "max_length": 64, "max_images": 3}, "train": {"batch_size": 2}})
+        shape = model_shape(cfg.student)
+        return shape, placement_memory(cfg, model_shape(cfg.teacher), shape, 1, "replicated")
+
+    frozen, mem_frozen = plan(train_vision=False)
+    assert frozen.params == total and frozen.trainable == sizes["projector"] + sizes["lm"]
+    assert plan(train_vision=False, train_lm=False)[0].trainable == sizes["projector"]
+    full, mem_full = plan()
+    assert full.trainable == total and full.vision_tokens == (32 // 8) ** 2 and full.vision_layers == 1
+    assert mem_full["gradients"] - mem_frozen["gradients"] == sizes["vision"] * 4
+    assert mem_full["activations"] - mem_frozen["activations"] == _acts(2 * 3 * 16, 32, 1, 4, False)
+
+
+def test_flagship_pair_counts_as_published(capsys):
+    """The shipped InternVL3 -hf configs give the checkpoints' sizes (2.09B and 7.94B), and the frozen
+    tower (InternViT-300M) is all the flagship student does not train."""
+    assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("student 2.089B params (1.785B trained), teacher 7.944B")
