@@ -23,6 +23,9 @@ def register_now() -> None:
     """Register (once); a failure is a warning, so that it never breaks the user's own import."""
     if _state["done"] or _state["busy"]:  # busy: register_auto itself imports processing_auto
         return
+    models = sys.modules.get("taid_vlm.models")
+    if models is not None and getattr(getattr(models, "__spec__", None), "_initializing", False):
+        return  # taid_vlm.models is being imported (its imports load the Auto classes); it registers at its end
     _state["busy"] = True
     try:
         from taid_vlm.models import register_auto
