@@ -59,3 +59,24 @@ def test_plan_of_a_tiny_recipe_shows_its_parameter_count(tmp_path, run_env, caps
     out = capsys.readouterr().out
     assert re.search(r"^student \d+\.\d+[KM] params \(\d+\.\d+[KM] trained\), teacher \d+\.\d+[KM];", out, re.M), out
     assert "0.000B" not in out
+
+
+def test_readme_and_recipe_state_the_students_measured_size(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from taid_vlm.config_io import load_config
+    from taid_vlm.train.plan import model_shape
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-synthetic", "--output", "data/shapes", "--n-train", "40", "--n-val", "8"]) == 0
+    teacher = model_shape(load_config("configs/tiny_vlm_teacher.yaml").student).params
+    student = model_shape(load_config("configs/tiny_vlm_taid.yaml", ["loss.name=sft"]).student).params
+    ratio = round(teacher / student)
+    sizes = f"{student / 1e6:.2f}M vs {teacher / 1e6:.2f}M parameters"
+    readme = " ".join((root / "README.md").read_text().split())
+    head = (root / "configs/tiny_vlm_taid.yaml").read_text().splitlines()[0]
+    assert f"about {ratio}x smaller ({sizes})" in readme
+    assert f"about {ratio}x smaller ({sizes})" in head
