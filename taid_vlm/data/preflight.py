@@ -101,9 +101,12 @@ def preflight(dcfg: Any, seed: int = 0) -> DataReport | None:
     from taid_vlm.data.loading import record_options
     from taid_vlm.data.sources import open_records
 
-    ds = open_records(dcfg.train, split=dcfg.split, cache_dir=dcfg.cache_dir, text_column=dcfg.text_column)
-    fmt = "auto" if dcfg.format == "hf" else dcfg.format
-    items = LazySamples(ds, fmt, record_options(dcfg, dcfg.train), Path(dcfg.train).name, dcfg.strict)
+    try:
+        ds = open_records(dcfg.train, split=dcfg.split, cache_dir=dcfg.cache_dir, text_column=dcfg.text_column)
+        fmt = "auto" if dcfg.format == "hf" else dcfg.format
+        items = LazySamples(ds, fmt, record_options(dcfg, dcfg.train), Path(dcfg.train).name, dcfg.strict)
+    except (ValueError, RecursionError, OSError) as err:  # not records at all: empty, not JSON, too deep
+        raise ConfigError(f"data.train: cannot read {str(dcfg.train)!r}: {str(err)[:300]}") from None
     report = DataReport()  # its read count is added when the run reads the records
     check_items(items, report, dcfg.preflight_records, seed)
     stop_if_unusable(report, str(dcfg.train), dcfg.max_bad_fraction)

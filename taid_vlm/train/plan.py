@@ -78,8 +78,9 @@ def hf_config_dict(path_or_name: str) -> dict[str, Any]:
 
 def _meta(build: Any) -> Any:
     from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
 
-    with init_empty_weights():
+    with init_empty_weights(), no_init_weights():  # counting needs no initial values (seconds at 72B)
         model = build()
     if hasattr(model, "tie_weights"):
         # init_empty_weights re-creates each registered parameter, which unties tied embeddings;
