@@ -36,10 +36,11 @@ def _indices(n: int, limit: int, seed: int) -> list[int]:
     return list(range(n)) if n <= limit else sorted(random.Random(seed).sample(range(n), limit))
 
 
-def check_items(items: Any, report: DataReport, limit: int, seed: int = 0) -> int:
+def check_items(items: Any, report: DataReport, limit: int, seed: int = 0, strict: bool = False) -> int:
     """Check up to ``limit`` of ``items`` (``LazySamples`` or a list of samples), counting each bad
-    one in ``report`` under its sample id (the id the collator would use, so nothing counts twice).
-    Returns how many records were checked and sets ``report.checked``."""
+    one in ``report`` under its sample id (the id the collator would use, so nothing counts twice);
+    ``strict`` raises the first ``SkipSample`` instead. Returns how many records were checked and
+    sets ``report.checked``."""
     idx = _indices(len(items), limit, seed)
     for i in idx:
         x = items[i]
@@ -50,6 +51,8 @@ def check_items(items: Any, report: DataReport, limit: int, seed: int = 0) -> in
             try:
                 ref.check_header()
             except SkipSample as skip:
+                if strict:
+                    raise SkipSample(skip.reason, f"sample {x.id!r}: {skip.detail}") from None
                 report.skip(skip.reason, f"sample {x.id!r}: {skip.detail}", sample_id=x.id)
                 break
     report.checked = len(idx)
@@ -108,6 +111,6 @@ def preflight(dcfg: Any, seed: int = 0) -> DataReport | None:
     except (ValueError, RecursionError, OSError) as err:  # not records at all: empty, not JSON, too deep
         raise ConfigError(f"data.train: cannot read {str(dcfg.train)!r}: {str(err)[:300]}") from None
     report = DataReport()  # its read count is added when the run reads the records
-    check_items(items, report, dcfg.preflight_records, seed)
+    check_items(items, report, dcfg.preflight_records, seed, dcfg.strict)
     stop_if_unusable(report, str(dcfg.train), dcfg.max_bad_fraction)
     return report

@@ -127,3 +127,11 @@ def test_relative_missing_path_names_the_folder_and_the_maker(tmp_path, run_env,
     err = capsys.readouterr().err
     assert f"{field}: 'data/shapes/train.json' does not exist" in err
     assert str(tmp_path) in err and "taid-vlm make-synthetic --output data/shapes" in err
+
+
+def test_strict_stops_at_the_first_bad_record_before_training(tmp_path, run_env, capsys):
+    cfg = _config(tmp_path, run_env, _data(tmp_path, run_env, 1), strict=True)
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "data error (data.strict=true" in err and "missing_image" in err
+    assert not (tmp_path / "out").exists()  # found by the check before training, not in a batch
