@@ -95,7 +95,10 @@ def first_batches_error(report: DataReport, steps: int) -> DataError:
 
 def preflight(dcfg: Any, seed: int = 0) -> DataReport | None:
     """Check ``data.train`` when it is a local file or folder of chat/VQA/caption records; ``None``
-    when there is nothing to check up front (streams, raw text, hub ids, the check turned off)."""
+    when there is nothing to check up front (streams, raw text, hub ids, the check turned off).
+
+    Returns the report of the check; its ``items`` attribute holds the ``LazySamples`` it checked,
+    which the run then trains on (the id de-duplication of millions of rows is not done twice)."""
     if dcfg.streaming or dcfg.format == "text" or not dcfg.preflight_records:
         return None
     if not isinstance(dcfg.train, (str, Path)) or not Path(dcfg.train).exists():
@@ -113,4 +116,5 @@ def preflight(dcfg: Any, seed: int = 0) -> DataReport | None:
     report = DataReport()  # its read count is added when the run reads the records
     check_items(items, report, dcfg.preflight_records, seed, dcfg.strict)
     stop_if_unusable(report, str(dcfg.train), dcfg.max_bad_fraction)
+    report.items = items
     return report

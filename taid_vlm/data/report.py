@@ -30,6 +30,7 @@ class DataReport:
     def __init__(self) -> None:
         self.read = 0
         self.checked: int | None = None  # records checked before training (None: no such check)
+        self.items: Any = None  # the checked records (data.preflight), reused by the run; never saved
         self.skipped: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
         self._skipped_ids: set[str] = set()

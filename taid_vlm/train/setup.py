@@ -290,7 +290,8 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         data_items, stream, to_items, collate = samples, None, None, make_collate()
     else:
         td = named("data.train", load_train_data, d, student.tokenizer, report,
-                   has_teacher=teacher is not None, make_collate=make_collate)
+                   has_teacher=teacher is not None, make_collate=make_collate, items=report.items)
+        report.items = None  # the collator (and a loader worker's copy of it) holds the report
         data_items, stream, to_items, collate, val = td.items, td.stream, td.to_items, td.collate, td.val
     if student.supports_images is False and data_items is not None and d.format != "text":
         head = (data_items[i] for i in range(min(len(data_items), 32)))
