@@ -51,12 +51,12 @@ def check_items(items: Any, report: DataReport, limit: int, seed: int = 0, stric
             try:
                 ref.check_header()
             except SkipSample as skip:
-                detail = f"sample {x.id!r}: {skip.detail}"
+                detail = skip.detail
                 if skip.reason == "path_escape":  # as the collator words it: the skip names the settings
                     detail += f"; {FIXES[skip.reason]}"
                 if strict:
-                    raise SkipSample(skip.reason, detail) from None
-                report.skip(skip.reason, detail, sample_id=x.id)
+                    raise SkipSample(skip.reason, f"sample {x.id!r}: {detail}") from None
+                report.skip(skip.reason, detail, sample_id=x.id)  # examples read "ID: detail"
                 break
     report.checked = len(idx)
     return len(idx)
