@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 # Register the composed student with AutoConfig / AutoModelForImageTextToText / AutoProcessor, so
 # that `import taid_vlm` is all a user needs before `AutoModelForImageTextToText.from_pretrained(dir)`.
-# This imports transformers and torch (a few seconds); any use of the package needs them anyway.
-from taid_vlm.models import register_auto as _register_auto  # noqa: E402
+# Deferred until transformers' Auto model classes are imported: the registration imports torch and
+# transformers' model code (seconds), which `taid-vlm --help`, a config error or `plan` never need.
+from taid_vlm._autoregister import install as _install  # noqa: E402
 
-_register_auto()
+_install()

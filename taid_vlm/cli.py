@@ -21,13 +21,28 @@ COMMANDS = {
 }
 
 
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The ``CONFIG.yaml [key.sub=value ...]`` positionals of train, plan and cache-teacher."""
+    # nargs="?": argparse would otherwise call the optional overrides "required" too when the
+    # config is missing; parse_config_args says that the config alone is.
+    parser.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="optional dotted overrides, e.g. train.lr=3e-4 loss.name=fkl")
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_intermixed_args`` (overrides may follow options) with a clear error for a missing config."""
+    args = parser.parse_intermixed_args(argv)
+    if args.config is None:
+        parser.error("the following argument is required: config (a YAML recipe, e.g. configs/tiny_vlm_taid.yaml)")
+    return args
+
+
 def train_main(argv: list[str]) -> int:
     """``taid-vlm train CONFIG.yaml [key.sub=value ...] [--resume auto|DIR]``."""
     parser = argparse.ArgumentParser(prog="taid-vlm train", description=COMMANDS["train"])
-    parser.add_argument("config", help="YAML recipe (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 loss.name=fkl")
+    add_config_args(parser)
     parser.add_argument("--resume", default=None, help="'auto' (latest checkpoint in output_dir) or a folder")
-    args = parser.parse_intermixed_args(argv)  # overrides may come after --resume
+    args = parse_config_args(parser, argv)
     from taid_vlm.config import ConfigError
     from taid_vlm.config_io import load_config
 
@@ -36,12 +51,16 @@ def train_main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"taid-vlm train: config error: {err}", file=sys.stderr)
         return 2
+    from taid_vlm.data.preflight import DataError
     from taid_vlm.data.types import SkipSample
     from taid_vlm.train.checkpoint import StorageError
     from taid_vlm.train.loop import DivergedError, train
 
     try:
         metrics = train(cfg, resume=args.resume)
+    except DataError as err:  # no usable record, or too many bad ones: nothing (more) was trained
+        print(f"taid-vlm train: data error: {err}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"taid-vlm train: config error: {err}", file=sys.stderr)
         return 2
@@ -58,7 +77,10 @@ def train_main(argv: list[str]) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-        print(f"taid-vlm train: done; final student in {cfg.train.output_dir}/final; {shown}")
+        empty = metrics.get("empty_steps", 0)
+        steps = f"{metrics.get('trained_steps', '?')} optimizer steps trained" + (
+            f" ({empty} more held no usable record and changed nothing)" if empty else "")
+        print(f"taid-vlm train: done; {steps}; final student in {cfg.train.output_dir}/final; {shown}")
     return 0
 
 

@@ -8,6 +8,7 @@ as a block per loss name, checked by the loss classes themselves.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,12 @@ class DataConfig:
     """Token budget per sample per side; a sample whose first response would be cut is skipped."""
     strict: bool = False
     """Turn skipped records (bad image, empty answer, ...) into errors."""
+    max_bad_fraction: float = 0.5
+    """Stop before training when more than this share of the records checked up front is unusable
+    (missing or escaping image paths, undecodable image headers, bad records); none usable always stops."""
+    preflight_records: int = 10_000
+    """Records of a file-based set checked before training (all of them up to this many, else a seeded
+    sample of this many); 0 turns the check off. Streams instead stop when their first batches hold no usable record."""
     num_workers: int = 0
     """DataLoader worker processes for encoding."""
     encode_cache_mb: int = 512
@@ -173,6 +180,8 @@ class DataConfig:
                "data.subset", f"must be a subset name or a non-empty list of names, got {self.subset!r}")
         _check(self.max_images is None or self.max_images >= 1, "data.max_images",
                f"must be >= 1 or null, got {self.max_images}")
+        _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}")
+        _check(self.preflight_records >= 0, "data.preflight_records", "must be >= 0")
         formats = ("auto", "llava", "sharegpt", "messages", "cauldron", "mantis", "vqa", "caption", "hf", "text")
         _check(self.format in formats, "data.format", f"unknown format {self.format!r}; valid: {', '.join(formats)}")
 
@@ -203,7 +212,9 @@ class LossConfig:
         from taid_vlm.losses.fused import chunk_rows
 
         names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
-        _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; valid: {names}")
+        close = difflib.get_close_matches(str(self.name), list(LOSSES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; {hint}valid: {names}")
         _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
         try:
             chunk_rows(self.chunk_size, 1)  # the fused loop's own check of an int >= 1 or "auto"

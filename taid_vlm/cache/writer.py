@@ -160,15 +160,16 @@ def cache_teacher(cfg: Any, output: str | Path, *, top_k: int = 64, shard_size: 
 
 def cache_main(argv: list[str]) -> int:
     """``taid-vlm cache-teacher CONFIG.yaml --output DIR [--top-k K] [key.sub=value ...]``."""
+    from taid_vlm.cli import add_config_args, parse_config_args
+
     parser = argparse.ArgumentParser(prog="taid-vlm cache-teacher", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
+    add_config_args(parser)
     parser.add_argument("--output", required=True)
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the resume unit)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage of the log-probs; float32 makes cache training match live exactly")
-    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
+    args = parse_config_args(parser, argv)  # overrides may come after the options
     from taid_vlm.config import ConfigError
     from taid_vlm.config_io import load_config
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from taid_vlm.data.lazy import BadRecord
-from taid_vlm.data.report import DataReport
+from taid_vlm.data.report import FIXES, DataReport
 from taid_vlm.data.types import IGNORE_INDEX, Sample, SkipSample
 
 
@@ -201,8 +201,7 @@ class PairCollator:
 
     def _skip(self, sample_id: str, reason: str, detail: str, skipped: list | None) -> None:
         if reason == "path_escape":
-            detail += ("; to use images there, set data.image_root to a folder that holds them "
-                       "or data.allow_absolute_paths: true")
+            detail += f"; {FIXES[reason]}"
         if self.strict:
             raise SkipSample(reason, f"sample {sample_id!r}: {detail}")
         self.report.skip(reason, detail, sample_id=sample_id)

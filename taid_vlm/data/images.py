@@ -157,6 +157,18 @@ class ImageRef:
         """Decode once and discard: raises the ``SkipSample`` that ``load`` would raise."""
         self.load().close()
 
+    def check_header(self) -> None:
+        """The cheap part of ``load``: the path (root, existence), the header (format, size bounds),
+        no pixel decode. Truncated pixel data still passes; ``check`` finds that too."""
+        if self.image is not None:
+            self._check_size(self.image)
+            return
+        img = self._open()
+        try:
+            self._check_size(img)
+        finally:
+            img.close()
+
 
 def exif_transpose(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a broken EXIF block leaves the image as it is."""

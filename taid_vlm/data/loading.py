@@ -82,11 +82,12 @@ def _text_data(dcfg: Any, tokenizer: Any, report: DataReport, has_teacher: bool)
 
 
 def load_train_data(dcfg: Any, tokenizer: Any, report: DataReport, *, has_teacher: bool,
-                    make_collate: Any) -> TrainData:
+                    make_collate: Any, items: Any = None) -> TrainData:
     """The run's data from a ``DataConfig``; ``make_collate()`` builds the chat collator.
 
     Map-style records are counted as read up front; their skips are counted when the loader meets
-    them (``DataReport.absorb``). Stream records are counted as they are read.
+    them (``DataReport.absorb``). Stream records are counted as they are read. ``items``: the
+    ``LazySamples`` of ``data.train`` when the pre-flight check already opened them.
     """
     if dcfg.format == "text":
         return _text_data(dcfg, tokenizer, report, has_teacher)
@@ -105,6 +106,7 @@ def load_train_data(dcfg: Any, tokenizer: Any, report: DataReport, *, has_teache
             return StreamSamples(ds, fmt, opts, name, dcfg.strict)
 
         return TrainData(None, _open(dcfg, dcfg.train, True), to_items, make_collate(), val)
-    items = LazySamples(_open(dcfg, dcfg.train, False), fmt, opts, name, dcfg.strict)
+    if items is None:
+        items = LazySamples(_open(dcfg, dcfg.train, False), fmt, opts, name, dcfg.strict)
     report.count_read(len(items))
     return TrainData(items, None, None, make_collate(), val)

@@ -5,6 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+# What to change when records are skipped for a reason (printed with the counts).
+FIXES = {
+    "path_escape": "to use images there, set data.image_root to a folder that holds them or "
+                   "data.allow_absolute_paths: true",
+    "missing_image": "relative image paths are looked for in data.image_root (default: the data file's "
+                     "folder); set it to the folder that holds the images",
+    "corrupt_image": "replace or remove those files (empty, truncated or not an image)",
+    "image_too_large": "resize those images (the bound is checked from the header, before decoding)",
+    "bad_path": "fix those image paths (a NUL byte, too long, a symlink loop)",
+}
+
 
 class DataReport:
     """Records read, used and skipped by reason.
@@ -18,6 +29,8 @@ class DataReport:
 
     def __init__(self) -> None:
         self.read = 0
+        self.checked: int | None = None  # records checked before training (None: no such check)
+        self.items: Any = None  # the checked records (data.preflight), reused by the run; never saved
         self.skipped: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
         self._skipped_ids: set[str] = set()
@@ -48,17 +61,25 @@ class DataReport:
             self.skip(reason, detail, sample_id=sample_id)
 
     def summary(self) -> str:
-        """One line, e.g. ``data: read 12, used 9, skipped 3 (corrupt_image 2, empty_answer 1)``."""
+        """One line, e.g. ``data: read 12, used 9, skipped 3 (corrupt_image 2, empty_answer 1)``.
+
+        ``used`` is claimed only when every record was checked before training (or no check ran:
+        streams and eagerly loaded sets, whose records are all converted as they are read); after
+        a sampled check it says how many records were not checked."""
         total = sum(self.skipped.values())
-        line = f"data: read {self.read}, used {self.used}, skipped {total}"
-        if total:
-            parts = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
-            line += f" ({parts})"
-        return line
+        parts = f" ({', '.join(f'{k} {v}' for k, v in sorted(self.skipped.items()))})" if total else ""
+        if self.checked is None:
+            return f"data: read {self.read}, used {self.used}, skipped {total}{parts}"
+        if self.checked >= self.read:
+            return f"data: read {self.read}, all checked before training, used {self.used}, skipped {total}{parts}"
+        return (f"data: read {self.read}, checked {self.checked} before training (a seeded sample), skipped "
+                f"{total}{parts} among those and the records met in training; {self.read - self.checked} "
+                f"not checked before training")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "read": self.read,
+            "checked_before_training": self.checked,
             "used": self.used,
             "skipped": dict(sorted(self.skipped.items())),
             "examples": {k: list(v) for k, v in sorted(self.examples.items())},

@@ -29,14 +29,29 @@ from taid_vlm.evaluation.tasks import (
 )
 
 
-def _generate(adapter: Any, samples: Sequence[Sample], batch_size: int, max_new_tokens: int) -> list[str]:
+def batch_starts(n: int, batch_size: int, progress: bool, desc: str) -> Any:
+    """``range(0, n, batch_size)``, under a tqdm bar of samples done when ``progress``."""
+    starts = range(0, n, batch_size)
+    if not progress:
+        yield from starts
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, desc=desc, unit="sample", dynamic_ncols=True) as bar:
+        for start in starts:
+            yield start
+            bar.update(min(batch_size, n - start))
+
+
+def _generate(adapter: Any, samples: Sequence[Sample], batch_size: int, max_new_tokens: int,
+              progress: bool = False, desc: str = "eval") -> list[str]:
     model = getattr(adapter, "model", None)
     was_training = bool(model is not None and model.training)
     if model is not None:
         model.eval()  # no dropout in generation, whatever mode the trainer left the model in
     out: list[str] = []
     try:
-        for start in range(0, len(samples), batch_size):
+        for start in batch_starts(len(samples), batch_size, progress, desc):
             batch = list(samples[start:start + batch_size])
             texts = adapter.generate(batch, max_new_tokens=max_new_tokens)
             if len(texts) != len(batch):
@@ -49,8 +64,8 @@ def _generate(adapter: Any, samples: Sequence[Sample], batch_size: int, max_new_
 
 
 def evaluate(adapter: Any, samples: Sequence[Sample], task: str, *, batch_size: int = 8, max_new_tokens: int = 32,
-             prompt: str | None = None, max_length: int = 2048, caption_metrics: Sequence[str] | None = None
-             ) -> dict[str, Any]:
+             prompt: str | None = None, max_length: int = 2048, caption_metrics: Sequence[str] | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """Score ``adapter`` on ``samples``.
 
     Args:
@@ -65,6 +80,7 @@ def evaluate(adapter: Any, samples: Sequence[Sample], task: str, *, batch_size: 
             user text. Default: ``tasks.DEFAULT_PROMPTS``.
         max_length: token limit per sample for the text task.
         caption_metrics: subset of ``caption.METRICS`` (default: all).
+        progress: a progress bar over the samples on stderr (``taid-vlm eval`` shows one).
     Returns:
         ``{"task", "scores": {name: float}, "num_samples", "settings", "predictions": [...]}``;
         each prediction has ``id``, ``question`` (the VQA question; the prompt for captions),
@@ -80,10 +96,10 @@ def evaluate(adapter: Any, samples: Sequence[Sample], task: str, *, batch_size: 
     if task == "text":
         from taid_vlm.evaluation.text import perplexity
 
-        scores, per = perplexity(adapter, samples, batch_size=batch_size, max_length=max_length)
+        scores, per = perplexity(adapter, samples, batch_size=batch_size, max_length=max_length, progress=progress)
         return {"task": task, "scores": scores, "num_samples": len(samples), "settings": settings, "predictions": per}
     prompted = [prompt_sample(s, task, prompt) for s in samples]
-    preds = _generate(adapter, prompted, batch_size, max_new_tokens)
+    preds = _generate(adapter, prompted, batch_size, max_new_tokens, progress, f"eval {task}")
     if task == "vqa":
         from taid_vlm.evaluation.vqa import vqa_scores
 
@@ -150,11 +166,17 @@ def write_results(results: dict[str, Any], path: str | Path) -> Path:
     return p
 
 
+def _score_str(name: str, value: Any) -> str:
+    """Scores with 4 decimals; counts (``num_tokens``, ``num_samples``) as the integers they are."""
+    if isinstance(value, float) and name.startswith("num_") and value.is_integer():
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def summary(results: dict[str, Any]) -> str:
     """A few lines: task, model, sample count and each score."""
     head = f"{results['task']}: {results.get('model', '?')} on {results.get('data', '?')} ({results['num_samples']} samples)"
-    lines = [head] + [f"  {k:<14} {v:.4f}" if isinstance(v, float) else f"  {k:<14} {v}"
-                      for k, v in results["scores"].items()]
+    lines = [head] + [f"  {k:<14} {_score_str(k, v)}" for k, v in results["scores"].items()]
     skipped = (results.get("data_report") or {}).get("skipped")
     if skipped:  # scores are over the usable records only: say how many were dropped and why
         lines.append(f"  skipped records: {skipped}")
@@ -175,7 +197,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the data's)")
     p.add_argument("--max-length", type=int, default=2048, help="text task: token limit per sample")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while generating / scoring")
     return p
+
+
+def _load_model(build_adapter: Any, args: argparse.Namespace) -> Any:
+    """The adapter of ``--model``; a name that is no folder here and that the hub could not serve
+    (no network) is "no such model folder", not the hub client's connection error."""
+    try:
+        return build_adapter(args.family, path=args.model, dtype=args.dtype)
+    except OSError as err:
+        if Path(args.model).exists():
+            raise
+        from taid_vlm.path_hints import missing
+
+        raise FileNotFoundError(f"--model: no such model folder: {missing(args.model)}; as a hub id it "
+                                f"could not be fetched ({str(err)[:200]})") from None
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -189,13 +226,16 @@ def eval_main(argv: list[str] | None = None) -> int:
         samples, report = load_task_samples(args.data, args.task, limit=args.limit, image_root=args.image_root)
         if not samples:
             raise ValueError(f"{args.data}: no usable records ({report})")
+        from taid_vlm.path_hints import check_model_source
+
+        check_model_source(args.model, "--model")
         from taid_vlm.adapters import build_adapter
 
-        adapter = build_adapter(args.family, path=args.model, dtype=args.dtype)
+        adapter = _load_model(build_adapter, args)
         max_new = args.max_new_tokens or {"vqa": 16, "caption": 64}.get(args.task, 0)
         t0 = time.time()
         results = evaluate(adapter, samples, args.task, batch_size=args.batch_size, max_new_tokens=max_new,
-                           prompt=args.prompt, max_length=args.max_length)
+                           prompt=args.prompt, max_length=args.max_length, progress=not args.no_progress)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: missing model or data files
         print(f"taid-vlm eval: error: {err}", file=sys.stderr)
         return 2

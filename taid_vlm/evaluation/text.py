@@ -26,8 +26,8 @@ def _device(adapter: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def perplexity(adapter: Any, samples: Sequence[Sample], *, batch_size: int = 8, max_length: int = 2048
-               ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def perplexity(adapter: Any, samples: Sequence[Sample], *, batch_size: int = 8, max_length: int = 2048,
+               progress: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Token-weighted response perplexity ``exp(sum NLL / number of response tokens)``.
 
     Args:
@@ -36,6 +36,7 @@ def perplexity(adapter: Any, samples: Sequence[Sample], *, batch_size: int = 8, 
         batch_size: samples per forward pass.
         max_length: token limit per sample (``encode`` drops whole turns beyond it; a sample whose
             first response does not fit is skipped and counted).
+        progress: show a progress bar over the batches (on stderr).
     Returns:
         ``(scores, per_sample)``: scores ``perplexity``, ``nll`` (mean per token, nats),
         ``num_tokens``, ``num_skipped``; per sample ``id``, ``nll`` (mean), ``num_tokens``, or
@@ -49,7 +50,9 @@ def perplexity(adapter: Any, samples: Sequence[Sample], *, batch_size: int = 8, 
     if model is not None:
         model.eval()
     try:
-        for start in range(0, len(samples), batch_size):
+        from taid_vlm.evaluation.runner import batch_starts
+
+        for start in batch_starts(len(samples), batch_size, progress, "eval text"):
             chunk = samples[start:start + batch_size]
             encs, kept = [], []
             for s in chunk:

@@ -38,6 +38,7 @@ class DistillLoss(nn.Module):
     needs_labels: bool = False
     stat_keys: tuple[str, ...] = ()
     fusable: bool = True
+    option_help: dict[str, str] = {}  # noqa: RUF012 - read-only; a note per option in "unknown option" errors
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()

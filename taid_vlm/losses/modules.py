@@ -212,6 +212,7 @@ class TAIDLoss(DistillLoss):
 
     name = "taid"
     stat_keys = ("taid_kl", "taid_ce")
+    option_help = {"t": "start the schedule at this t instead of t_start; None: at t_start"}
 
     def __init__(self, t_start: float = 0.4, t_end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99,
                  adaptive: bool = True, signal: str = "cross_entropy", temperature: float = 1.0,

@@ -48,6 +48,15 @@ def loss_options(name: str) -> tuple[str, ...]:
     return tuple(p for p in params if p != "self")
 
 
+def option_list(name: str) -> str:
+    """``t_start=0.4, ..., t=None (what it does)``: each option with its default, and the class's
+    ``option_help`` note where the name alone does not say what the option is."""
+    params = inspect.signature(LOSSES[name].__init__).parameters
+    notes = getattr(LOSSES[name], "option_help", {})
+    return ", ".join(f"{p}={params[p].default!r}" + (f" ({notes[p]})" if p in notes else "")
+                     for p in loss_options(name))
+
+
 def get_loss(name: str, **options) -> DistillLoss:
     """Build the loss registered as ``name`` (sft, fkl, rkl, tvd, gjsd, skew_fkl, skew_rkl, akl, ctkd, dkd, taid).
 
@@ -61,7 +70,7 @@ def get_loss(name: str, **options) -> DistillLoss:
         close = difflib.get_close_matches(unknown[0], allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise OptionError(unknown[0], f"loss {name!r} takes no option {unknown[0]!r}{hint}; "
-                                      f"its options: {', '.join(allowed)}")
+                                      f"its options (default): {option_list(name)}")
     _check_types(LOSSES[name], options)
     return LOSSES[name](**options)
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from taid_vlm.config import Config, ConfigError
 from taid_vlm.config_io import config_to_dict
+from taid_vlm.data.preflight import FIRST_BATCHES, first_batches_error
 from taid_vlm.losses import NonFiniteError
 from taid_vlm.train.checkpoint import (
     SHARDED_ENGINES,
@@ -67,6 +68,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
+        self.trained_steps = 0  # optimizer steps that updated the weights
+        self.empty_steps = 0  # steps whose micro-batches held no response token (all records skipped)
 
     # -- one optimizer step -------------------------------------------------------------------
     def _micro_step(self, batch: dict[str, Any] | None, n_global: torch.Tensor, last: bool) -> torch.Tensor:
@@ -123,6 +126,7 @@ class Trainer:
         p.loss_fn.on_step_begin(self.step, p.total_steps)
         n_local = sum(int(b["num_tokens"]) if b else 0 for b in micro_batches)
         n_global = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum")
+        empty = float(n_global) == 0  # every rank sees the same sum: all skip the update together
         n_global = torch.clamp(n_global, min=1.0)
         sums = torch.zeros(len(self.keys), device=acc.device)
         for b in micro_batches:
@@ -131,7 +135,7 @@ class Trainer:
             sums += self._micro_step(b, n_global, last=i == len(micro_batches) - 1)
         means = dict(zip(self.keys, (float(x) for x in acc.reduce(sums, reduction="sum") / n_global)))
         self._sync_loss_grads()
-        finite = math.isfinite(means["loss"])
+        finite = math.isfinite(means["loss"]) and not empty
         grad_norm = float("nan")
         if finite:
             # max_grad_norm <= 0 disables clipping, not the check: the norm is still measured so that
@@ -141,6 +145,9 @@ class Trainer:
         if finite:
             p.optimizer.step()
             self.nonfinite_run = 0
+            self.trained_steps += 1
+        elif empty:  # no response token: no update (AdamW's decay would still move the weights), not trained
+            self.empty_steps += 1
         else:
             self.nonfinite_total += 1
             self.nonfinite_run += 1
@@ -156,8 +163,10 @@ class Trainer:
         dt = time.perf_counter() - t0
         return {
             **{k: means[k] for k in (*BASE_KEYS, *self.extra_keys)}, "grad_norm": grad_norm,
-            "lr": p.scheduler.get_last_lr()[0], "tokens": float(n_global), "tokens_per_s": float(n_global) / dt,
-            "skipped_nonfinite": self.nonfinite_total,
+            "lr": p.scheduler.get_last_lr()[0], "tokens": 0.0 if empty else float(n_global),
+            "tokens_per_s": 0.0 if empty else float(n_global) / dt,
+            "skipped_nonfinite": self.nonfinite_total, "trained_steps": self.trained_steps,
+            "empty_steps": self.empty_steps,
             **loss_logs,
             **(p.sampler.stats() if p.sampler is not None else {}),
         }
@@ -168,6 +177,7 @@ class Trainer:
         return {
             "step": self.step, "micro_batch": self.step * self.cfg.train.grad_accum,
             "total_steps": p.total_steps, "nonfinite_total": self.nonfinite_total,
+            "trained_steps": self.trained_steps, "empty_steps": self.empty_steps,
             "data_report": p.report.to_dict() if hasattr(p.report, "to_dict") else None,
             "sampler": p.sampler.state_dict() if p.sampler is not None else None,
             # A stream's read position (map-style data needs none: the order is a function of the step).
@@ -195,6 +205,8 @@ class Trainer:
             state = self._load_plain(path)
         self.step = int(state["step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.trained_steps = int(state.get("trained_steps", self.step))
+        self.empty_steps = int(state.get("empty_steps", 0))
         if p.sampler is not None and state.get("sampler"):
             p.sampler.load_state_dict(state["sampler"])
         if hasattr(p.plan, "load_state_dict") and state.get("data_stream"):
@@ -223,6 +235,18 @@ class Trainer:
         bar = tqdm(total=p.total_steps, initial=self.step, desc=f"train {cfg.loss.name}",
                    disable=not (cfg.logging.progress and self.acc.is_main_process), dynamic_ncols=True)
         p.student_module.train()
+        try:
+            last = self._loop(it, bar, kill_at)
+        finally:  # an error is then printed on a clean line, with no stale bar redrawn after it
+            bar.close()
+        final = {**last, **self.evaluate()}
+        self.save()
+        self.finish(final)
+        return final
+
+    def _loop(self, it: Any, bar: Any, kill_at: int) -> dict[str, float]:
+        """Optimizer steps up to ``total_steps``; returns the last step's metrics."""
+        p, cfg = self.parts, self.cfg
         last: dict[str, float] = {}
         while self.step < p.total_steps:
             last = self._optimizer_step(self._next_micro_batches(it))
@@ -239,6 +263,8 @@ class Trainer:
                     f"{self.nonfinite_run} optimizer steps in a row had a non-finite loss or gradient "
                     f"(last at step {self.step}); lower train.lr or check the data (train.max_nonfinite)"
                 )
+            if self.trained_steps == 0 and self.empty_steps >= min(FIRST_BATCHES, p.total_steps):
+                raise first_batches_error(p.report, self.empty_steps)
             if kill_at and self.step == kill_at and os.environ.get(_KILL_RANK_ENV, str(self.acc.process_index)) == str(
                     self.acc.process_index):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -246,11 +272,7 @@ class Trainer:
                 self.log.metrics(self.step, self.evaluate())
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < p.total_steps:
                 self.save()
-        bar.close()
-        final = {**last, **self.evaluate()}
-        self.save()
-        self.finish(final)
-        return final
+        return last
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (and generation metrics if configured) without touching training RNG."""

@@ -80,8 +80,9 @@ def hf_config_dict(path_or_name: str) -> dict[str, Any]:
 
 def _meta(build: Any) -> Any:
     from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
 
-    with init_empty_weights():
+    with init_empty_weights(), no_init_weights():  # counting needs no initial values (seconds at 72B)
         model = build()
     if hasattr(model, "tie_weights"):
         # init_empty_weights re-creates each registered parameter, which unties tied embeddings;
@@ -112,7 +113,15 @@ def _text_cfg(spec: dict[str, Any], tokenizer: str | None) -> dict[str, Any]:
 
         if not tokenizer:
             raise ConfigError("student.tokenizer: the text config has no vocab_size; the plan needs the tokenizer")
-        d["vocab_size"] = len(AutoTokenizer.from_pretrained(tokenizer))
+        from taid_vlm.path_hints import missing
+
+        if not Path(tokenizer).exists() and (tokenizer.startswith((".", "/")) or tokenizer.count("/") > 1):
+            raise ConfigError(f"student.tokenizer: {missing(tokenizer)}; the plan needs it for the vocabulary size")
+        try:
+            d["vocab_size"] = len(AutoTokenizer.from_pretrained(tokenizer))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"student.tokenizer: cannot load {tokenizer!r} ({str(err)[:200]}); the plan "
+                              f"needs the tokenizer for the vocabulary size") from None
     return d
 
 
@@ -279,14 +288,22 @@ def make_plan(cfg: Config, gpus: int, gpu_memory: float) -> dict[str, Any]:
             "teacher_params": teacher.params if teacher else 0}
 
 
+def count_str(n: int) -> str:
+    """A parameter count in the unit that shows it: ``1.966B``, ``2.35M``, ``61.4K``."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{3 if unit == 'B' else 2 if unit == 'M' else 1}f}{unit}"
+    return str(n)
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     gib = 2**30
     cols = ["teacher_weights", "student_weights", "gradients", "optimizer", "activations", "teacher_activations",
             "fused_loss", "total"]
     labels = ["teacher", "student", "grads", "AdamW", "acts", "teacher acts", "fused loss", "total"]
     head = f"{'placement':<11}" + "".join(f"{c:>13}" for c in labels) + "   fits"
-    lines = [f"student {plan['student_params'] / 1e9:.3f}B params ({plan['student_trainable'] / 1e9:.3f}B trained), "
-             f"teacher {plan['teacher_params'] / 1e9:.3f}B; {plan['gpus']} GPU(s) x "
+    lines = [f"student {count_str(plan['student_params'])} params ({count_str(plan['student_trainable'])} trained), "
+             f"teacher {count_str(plan['teacher_params']) if plan['teacher_params'] else 'none'}; {plan['gpus']} GPU(s) x "
              f"{plan['gpu_memory'] / gib:.0f} GiB (a placement fits under {HEADROOM:.0%} of it); GiB per device:",
              head]
     for name, row in plan["placements"].items():
@@ -303,13 +320,14 @@ def format_plan(plan: dict[str, Any]) -> str:
 def plan_main(argv: list[str]) -> int:
     """``taid-vlm plan CONFIG.yaml --gpus N --gpu-memory 80GB [key.sub=value ...] [--json FILE]``;
     exit status 1 when the recipe's placement does not fit."""
+    from taid_vlm.cli import add_config_args, parse_config_args
+
     parser = argparse.ArgumentParser(prog="taid-vlm plan", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
+    add_config_args(parser)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-memory", default="80GB")
     parser.add_argument("--json", default=None, help="also write the plan as JSON (bytes)")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_config_args(parser, argv)
     from taid_vlm.config_io import load_config
 
     try:

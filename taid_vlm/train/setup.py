@@ -63,6 +63,8 @@ class RunParts:
 
 def check_paths(cfg: Config) -> None:
     """Fail in seconds on missing files and unknown model families, before any weights are loaded."""
+    from taid_vlm.path_hints import missing
+
     for name, value in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
                         ("data.image_root", cfg.data.image_root), ("eval.vqa", cfg.eval.vqa),
                         ("eval.caption", cfg.eval.caption), ("student.path", cfg.student.path),
@@ -70,15 +72,15 @@ def check_paths(cfg: Config) -> None:
         if value and not Path(value).exists():
             if name in ("data.train", "data.val") and looks_like_hub_id(value):
                 continue  # a hub dataset id: loaded (from the local cache) with the data
-            raise ConfigError(f"{name}: {value!r} does not exist")
+            raise ConfigError(f"{name}: {missing(value)}")
     uses_teacher = cfg.loss.needs_teacher and not cfg.teacher.cache
     # Across tokenizers a cache run still reads the teacher's tokenizer (named by these, or the cache's copy).
     uses_teacher_tokenizer = uses_teacher or (cfg.loss.needs_teacher and cfg.teacher.tokenizer_alignment != "shared")
     if uses_teacher_tokenizer and cfg.teacher.path and not Path(cfg.teacher.path).exists():
         hint = "; set teacher.path: null to use the tokenizer stored in teacher.cache" if not uses_teacher else ""
-        raise ConfigError(f"teacher.path: {cfg.teacher.path!r} does not exist{hint}")
+        raise ConfigError(f"teacher.path: {missing(cfg.teacher.path)}{hint}")
     if uses_teacher_tokenizer and cfg.teacher.tokenizer and not Path(cfg.teacher.tokenizer).exists():
-        raise ConfigError(f"teacher.tokenizer: {cfg.teacher.tokenizer!r} does not exist")
+        raise ConfigError(f"teacher.tokenizer: {missing(cfg.teacher.tokenizer)}")
     from taid_vlm.adapters.registry import available_adapters
 
     families = available_adapters()
@@ -238,7 +240,7 @@ def _open_cache(cfg: Config, student: Adapter) -> tuple[TeacherCache | None, Any
 
 
 def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: TeacherCache | None,
-               acc: Accelerator, teacher_tokenizer: Any = None):
+               acc: Accelerator, teacher_tokenizer: Any = None, report: DataReport | None = None):
     """``(samples, val, collate, report, plan)``: records are read lazily (``taid_vlm.data.loading``)
     unless the teacher cache or student sampling needs every sample id up front."""
     from taid_vlm.data.loading import load_train_data
@@ -266,7 +268,7 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
                           "set data.streaming: false")
     if d.format == "text" and student.name != "text":
         raise ConfigError(f"data.format: text needs a text student (family text), got {student.name!r}")
-    report = DataReport()
+    report = report if report is not None else DataReport()  # the pre-flight's counts, when it ran
     aligner = _aligner(cfg, student, teacher.tokenizer if teacher is not None else teacher_tokenizer)
 
     def make_collate() -> PairCollator:
@@ -285,6 +287,9 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
                 if x.id not in cache:
                     report.skip("not_in_teacher_cache", sample_id=x.id)
             samples = [x for x in samples if x.id in cache]
+        from taid_vlm.data.preflight import stop_if_unusable
+
+        stop_if_unusable(report, str(d.train), d.max_bad_fraction)  # every record was read and checked
         val = []
         if d.val:
             val = named("data.val", load_samples, d.val, format=d.format, image_root=d.image_root,
@@ -292,7 +297,8 @@ def _load_data(cfg: Config, student: Adapter, teacher: Adapter | None, cache: Te
         data_items, stream, to_items, collate = samples, None, None, make_collate()
     else:
         td = named("data.train", load_train_data, d, student.tokenizer, report,
-                   has_teacher=teacher is not None, make_collate=make_collate)
+                   has_teacher=teacher is not None, make_collate=make_collate, items=report.items)
+        report.items = None  # the collator (and a loader worker's copy of it) holds the report
         data_items, stream, to_items, collate, val = td.items, td.stream, td.to_items, td.collate, td.val
     if student.supports_images is False and data_items is not None and d.format != "text":
         head = (data_items[i] for i in range(min(len(data_items), 32)))
@@ -325,6 +331,10 @@ def _aligner(cfg: Config, student: Adapter, teacher_tokenizer: Any):
 def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     """Build the accelerator, models, loss, data and optimizer of a run (fails fast on bad input)."""
     check_paths(cfg)
+    from taid_vlm.data.preflight import preflight
+
+    # Before any weights load: a set with no (or too few) usable records stops here, reasons printed.
+    checked = None if cfg.teacher.cache or cfg.sampling.mode != "none" else preflight(cfg.data, cfg.train.seed)
     acc = make_accelerator(cfg)
     check_engine(acc, cfg)
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
@@ -341,7 +351,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.loss_options()).to(acc.device)
 
     cache, cache_tokenizer = _open_cache(cfg, student)
-    samples, val, collate, report, plan = _load_data(cfg, student, teacher, cache, acc, cache_tokenizer)
+    samples, val, collate, report, plan = _load_data(cfg, student, teacher, cache, acc, cache_tokenizer, checked)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * plan.per_epoch / cfg.train.grad_accum))
 
     sampler = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -93,6 +95,7 @@ def test_eval_main_writes_results_and_summary(vqa_file, tmp_path, monkeypatch, c
         return fake
 
     monkeypatch.setattr(adapters, "build_adapter", build)
+    (tmp_path / "m").mkdir()  # eval checks that the model folder exists before it loads anything
     out = tmp_path / "r.json"
     rc = eval_main(["--model", str(tmp_path / "m"), "--task", "vqa", "--data", str(vqa_file), "--output", str(out),
                     "--limit", "2", "--prompt", "{question}", "--batch-size", "4"])
@@ -109,6 +112,9 @@ def _run_bad(argv, monkeypatch, capsys, adapter=None):
 
     fake = adapter or FakeVLM(ANSWERS)
     monkeypatch.setattr(adapters, "build_adapter", lambda family, **spec: fake)
+    work = Path(tempfile.mkdtemp())
+    (work / "m").mkdir()  # the model folder "m" exists (relative to the working folder)
+    monkeypatch.chdir(work)
     rc = eval_main(argv)
     return rc, capsys.readouterr().err, fake
 
