@@ -137,6 +137,11 @@ def _check_head(lm: nn.Module, peft: PeftConfig) -> None:
     if peft.dropout > 0:
         raise ConfigError("student.peft.dropout: dropout on the LM head's adapter makes its output differ from "
                           "one weight matrix; set dropout: 0 or drop lm_head from target_modules")
+    if peft.merge and head.get_base_layer().weight is lm.get_input_embeddings().weight:
+        # Merging W + BA into a head tied to the input embeddings would change the embeddings too.
+        raise ConfigError("student.peft.merge: the LM head shares its weight with the input embeddings, so merging "
+                          "its adapter would change the embeddings; keep the adapter unmerged or drop lm_head "
+                          "from target_modules")
 
 
 def head_weight(head: nn.Module) -> torch.Tensor:
