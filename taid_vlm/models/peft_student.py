@@ -55,12 +55,9 @@ def _prefix(model: nn.Module, lm: nn.Module) -> str:
     raise ValueError("the student's 'lm' part is not a submodule of its model")
 
 
-def _lm_targets(model: nn.Module, lm: nn.Module, prefix: str, peft: PeftConfig) -> list[str] | str:
-    """Module names for peft's ``target_modules``, restricted to the LM. A text student is the LM
-    itself: peft's own matching applies ("all-linear" skips the output layer). In a VLM, peft's
-    "all-linear" would also reach the tower and projector, so the LM's linears are listed by name."""
-    if not prefix:
-        return peft.target_modules
+def _targeted_linears(lm: nn.Module, peft: PeftConfig) -> list[tuple[str, nn.Linear]]:
+    """The LM's linears that get adapters (peft's rule: a name equal to, or ending in ".", a target;
+    "all-linear": every linear but the output layer)."""
     head = lm.get_output_embeddings()
     names = [] if peft.target_modules == "all-linear" else list(peft.target_modules)
     found = []
@@ -71,7 +68,30 @@ def _lm_targets(model: nn.Module, lm: nn.Module, prefix: str, peft: PeftConfig) 
             continue
         if not names and module is head:
             continue
-        found.append(f"{prefix}.{name}")
+        found.append((name, module))
+    return found
+
+
+def adapter_counts(lm: nn.Module, peft: PeftConfig) -> dict[str, int]:
+    """Parameter counts for the memory plan (``lm`` may sit on the meta device): ``adapter`` (LoRA
+    A and B, DoRA's magnitudes), ``quantized`` (weights bitsandbytes stores in 4 bits with
+    ``load_in_4bit``: every linear but the LM head) and ``saved`` (``modules_to_save`` copies)."""
+    adapter = sum(peft.r * (m.in_features + m.out_features) + m.out_features * peft.use_dora
+                  for _, m in _targeted_linears(lm, peft))
+    head = lm.get_output_embeddings()
+    quantized = sum(m.weight.numel() for m in lm.modules() if isinstance(m, nn.Linear) and m is not head)
+    saved = {id(p): p.numel() for n, m in lm.named_modules() if n and any(n == s or n.endswith("." + s)
+             for s in peft.modules_to_save) for p in m.parameters()}
+    return {"adapter": adapter, "quantized": quantized if peft.load_in_4bit else 0, "saved": sum(saved.values())}
+
+
+def _lm_targets(model: nn.Module, lm: nn.Module, prefix: str, peft: PeftConfig) -> list[str] | str:
+    """Module names for peft's ``target_modules``, restricted to the LM. A text student is the LM
+    itself: peft's own matching applies ("all-linear" skips the output layer). In a VLM, peft's
+    "all-linear" would also reach the tower and projector, so the LM's linears are listed by name."""
+    if not prefix:
+        return peft.target_modules
+    found = [f"{prefix}.{name}" for name, _ in _targeted_linears(lm, peft)]
     if not found:
         raise ConfigError(f"student.peft.target_modules: no linear module of the LM matches {peft.target_modules!r}")
     return found

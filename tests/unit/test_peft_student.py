@@ -86,3 +86,28 @@ def test_vlm_lora_stays_in_the_lm_and_the_base_is_recoverable(tiny_tokenizer):
                 p.add_(1.0)
     base = frozen_base_state(a.model)
     assert base.keys() == before.keys() and all(torch.equal(base[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("peft", [{"r": 4}, {"r": 2, "target_modules": ["q_proj", "v_proj"], "use_dora": True},
+                                  {"r": 4, "load_in_4bit": True}])
+def test_plan_counts_what_peft_trains_and_a_4bit_base(tiny_tokenizer, tmp_path, peft):
+    from taid_vlm.config_io import config_from_dict
+    from taid_vlm.train.plan import QUANT_BYTES, model_shape, placement_memory
+
+    a, cfg = _text(tiny_tokenizer, **{**peft, "load_in_4bit": False})
+    full = sum(p.numel() for p in a.model.parameters())
+    apply_peft(a, cfg)
+    trained = sum(p.numel() for p in a.model.parameters() if p.requires_grad)
+    a.model.save_pretrained(tmp_path / "base", state_dict=frozen_base_state(a.model))  # a path for load_in_4bit
+    tiny_tokenizer.save_pretrained(tmp_path / "base")
+    run = config_from_dict({"student": {"family": "text", "path": str(tmp_path / "base"), "peft": peft},
+                            "loss": {"name": "sft"}, "data": {"train": "x.json"}})
+    shape = model_shape(run.student)
+    assert (shape.params, shape.trainable) == (full, trained)  # counted on the meta device, as peft trains
+    mem = placement_memory(run, shape.__class__(0, 0, 0, 0, 0, 0, 0), shape, 1, "replicated")
+    linears = sum(m.weight.numel() for n, m in a.model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and n.endswith(("proj", "base_layer")) and "lora" not in n)
+    quantized = linears if peft.get("load_in_4bit") else 0
+    assert shape.quantized == quantized
+    assert mem["student_weights"] == (full - quantized + trained) * 4 + quantized * QUANT_BYTES["4bit"]
+    assert mem["optimizer"] == 2 * trained * 4
