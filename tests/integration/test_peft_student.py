@@ -180,3 +180,58 @@ def test_qlora_text_student_trains_on_a_4bit_base(tmp_path, text_env):
     adapter_cfg = json.loads((tmp_path / "out" / "final" / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str((text_env / "base").resolve())
     assert not (tmp_path / "out" / "final" / "base").exists()
+
+
+def _curve(out: Path) -> list[tuple[float, float]]:
+    return [(r["loss"], r["taid_t"]) for r in read_jsonl(out / "logs" / "train.jsonl")]
+
+
+def test_lora_student_with_grad_accum_sampling_and_cache(tmp_path, run_env):
+    """Gradient accumulation splits the same step (2 x 2 = 4 samples: the same curve); GKD sampling
+    generates with the adapted student; a teacher top-k cache drives the adapters."""
+    peft = {"r": 4}
+    runs = {"whole": {"batch_size": 4}, "accum": {"batch_size": 2, "grad_accum": 2}}
+    for name, train in runs.items():
+        (tmp_path / name).mkdir()
+        assert main(["train", str(_vlm_config(tmp_path / name, run_env, peft, max_steps=2, **train))]) == 0
+    a, b = _curve(tmp_path / "whole" / "out"), _curve(tmp_path / "accum" / "out")
+    assert [x[1] for x in a] == [x[1] for x in b]
+    assert [x[0] for x in b] == pytest.approx([x[0] for x in a], rel=1e-5)
+
+    (tmp_path / "gkd").mkdir()
+    cfg = _vlm_config(tmp_path / "gkd", run_env, peft, max_steps=2)
+    assert main(["train", str(cfg), "sampling.mode=mixed", "sampling.lam=1.0", "sampling.max_new_tokens=4"]) == 0
+    log = read_jsonl(tmp_path / "gkd" / "out" / "logs" / "train.jsonl")
+    assert [r["sampled_batches"] for r in log] == [1.0, 2.0]  # every micro-batch: the adapted student's text
+
+    (tmp_path / "cached").mkdir()
+    cfg = _vlm_config(tmp_path / "cached", run_env, peft, max_steps=2)
+    assert main(["cache-teacher", str(cfg), "--output", str(tmp_path / "cache"), "--top-k", "8"]) == 0
+    assert main(["train", str(cfg), f"teacher.cache={tmp_path / 'cache'}"]) == 0
+    lora_b = [v for k, v in load_file(str(tmp_path / "cached" / "out" / "final" / "adapter_model.safetensors")).items()
+              if ".lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at 0: the cached teacher trained it
+
+
+@pytest.mark.slow
+def test_lora_two_processes_match_one(tmp_path, run_env):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    peft = {"r": 4}
+    (tmp_path / "single").mkdir()
+    assert main(["train", str(_vlm_config(tmp_path / "single", run_env, peft, max_steps=3, batch_size=4))]) == 0
+    (tmp_path / "ddp").mkdir()
+    ddp = _vlm_config(tmp_path / "ddp", run_env, peft, max_steps=3, batch_size=2)
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
+                           "-m", "taid_vlm.cli", "train", str(ddp)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = read_jsonl(tmp_path / "single" / "out" / "logs" / "train.jsonl")
+    b = read_jsonl(tmp_path / "ddp" / "out" / "logs" / "train.jsonl")
+    assert all(r["loss_state_spread"] == 0.0 for r in b)
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    assert (tmp_path / "ddp" / "out" / "final" / "adapter_model.safetensors").is_file()
