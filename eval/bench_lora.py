@@ -9,8 +9,10 @@ loaded in 4 bits by bitsandbytes, whose CPU backend runs it).
 
 Per row: trainable and total parameters; persistent training memory (weights + gradients + AdamW
 state, counted from the tensors after a step); extra peak RSS of one step (VmHWM reset through
-``/proc/self/clear_refs``, as ``bench_step.py``); median step time over round-robin rounds (rows
-take turns so machine load hits them alike). Writes ``bench_lora.json``.
+``/proc/self/clear_refs``, as ``bench_step.py``; the script re-executes itself with glibc's mmap
+threshold at 1 MiB so that freed tensors leave RSS, and every row is timed under that allocator
+too); median step time over round-robin rounds (rows take turns so machine load hits them alike).
+Writes ``bench_lora.json``.
 
     python eval/bench_lora.py [--quick] [--output eval/results] [--rounds 5]
 """
@@ -168,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "note": "CPU, shared with other jobs: times are indicative"},
-              "quick": args.quick, "configs": configs}
+              "command": " ".join(["python eval/bench_lora.py", *(sys.argv[1:] if argv is None else argv)]),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick, "configs": configs}
     (out / f"bench_lora{'_quick' if args.quick else ''}.json").write_text(json.dumps(report, indent=2))
     return 0
 
 
 if __name__ == "__main__":
+    import os
+
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # read by glibc at start-up only: start again with it
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+                  {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
     sys.exit(main())
