@@ -26,10 +26,10 @@ from taid_vlm.config import ConfigError, PeftConfig, StudentConfig
 ADAPTER = "default"  # peft's adapter name; one adapter per student
 
 
-def quantization_kwargs(cfg: StudentConfig) -> dict[str, Any]:
+def quantization_kwargs(cfg: StudentConfig, device: torch.device | str = "cpu") -> dict[str, Any]:
     """``from_pretrained`` keywords for a 4-bit base (``student.peft.load_in_4bit``), else ``{}``:
-    a bitsandbytes ``BitsAndBytesConfig`` computing in ``student.dtype``, placed on the CPU or the
-    local GPU (accelerate's device map, as TRL and peft load QLoRA bases)."""
+    a bitsandbytes ``BitsAndBytesConfig`` computing in ``student.dtype``, loaded straight onto
+    ``device`` (this process's device; a device map, as TRL and peft load QLoRA bases)."""
     if cfg.peft is None or not cfg.peft.load_in_4bit:
         return {}
     try:
@@ -43,8 +43,7 @@ def quantization_kwargs(cfg: StudentConfig) -> dict[str, Any]:
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.peft.quant_type,
                              bnb_4bit_use_double_quant=cfg.peft.double_quant,
                              bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
-    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    return {"quantization_config": bnb, "device_map": {"": device}}
+    return {"quantization_config": bnb, "device_map": {"": str(device)}}
 
 
 def _prefix(model: nn.Module, lm: nn.Module) -> str:

@@ -179,7 +179,7 @@ def check_finite_weights(model: torch.nn.Module, name: str) -> None:
 def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
     from taid_vlm.models.peft_student import quantization_kwargs
 
-    student = build_adapter(**cfg.student.adapter_kwargs(), **quantization_kwargs(cfg.student))
+    student = build_adapter(**cfg.student.adapter_kwargs(), **quantization_kwargs(cfg.student, acc.device))
     teacher = None
     if cfg.loss.needs_teacher and not cfg.teacher.cache:
         teacher_kwargs = cfg.teacher.adapter_kwargs()
