@@ -13,7 +13,11 @@ On the GPUs present (tiny random-weight models, a synthetic set, a few steps eac
 5. ``fsdp2_sharded_teacher``: ``teacher.placement=sharded`` -> curve equal to the replicated teacher's;
 6. ``dispatched_teacher``: one process, teacher spread over every GPU with ``device_map`` -> equal
    to the replicated teacher's;
-7. ``zero3``: if deepspeed imports, ZeRO-3 is refused with its config error (documented), ZeRO-2 trains.
+7. ``zero3``: if deepspeed imports, ZeRO-3 is refused with its config error (documented), ZeRO-2 trains;
+8. ``lora`` / ``lora_ddp``: a LoRA student (``student.peft``, tower frozen) in bf16 on one GPU, then DDP
+   over all GPUs -> the same curve; the checkpoint holds the adapter only, final/ is a peft adapter;
+9. ``qlora``: a text student loaded in 4 bits (bitsandbytes, ``load_in_4bit``) trains to finite losses
+   and saves its adapter against the base path.
 
 Each check records ok / error and its numbers; the exit status is 0 only if all ran checks pass.
 """
@@ -50,6 +54,13 @@ def _env(root: Path) -> dict:
     teacher.save(str(root / "teacher"))
     paths.update(tokenizer=str(root / "tokenizer"), teacher=str(root / "teacher"),
                  student=_composed(32, 2, 32, 2, 32, 8, "mlp"))
+    # QLoRA loads a saved text LM in 4 bits; it trains on the set's texts as raw text.
+    text = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256}
+    build_adapter("text", config=text, tokenizer=str(root / "tokenizer")).save(str(root / "text_student"))
+    (root / "corpus.txt").write_text("\n\n".join(synthetic_corpus(root / "data")))
+    paths.update(text_student=str(root / "text_student"), text_teacher={**text, "hidden_size": 96},
+                 corpus=str(root / "corpus.txt"))
     return paths
 
 
@@ -63,6 +74,34 @@ def _recipe(path: Path, env: dict, steps: int, batch: int, **teacher) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def _peft_recipe(path: Path, env: dict, steps: int, batch: int, qlora: bool = False) -> Path:
+    _recipe(path, env, steps, batch)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["student"].update(train_vision=False, peft={"r": 8})
+    if qlora:
+        tok = env["tokenizer"]
+        cfg["student"] = {"family": "text", "path": env["text_student"], "peft": {"r": 8, "load_in_4bit": True}}
+        cfg["teacher"] = {"family": "text", "config": env["text_teacher"], "tokenizer": tok}
+        cfg["data"] = {"train": env["corpus"], "format": "text", "max_length": 64, "cache_dir": str(path.parent / "hf")}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _peft_saved(recipe: Path) -> dict:
+    out = recipe.parent / "out"
+    ckpt = next((out / "checkpoints").glob("checkpoint-*"), None)
+    keys = list(json.loads((out / "final" / "adapter_config.json").read_text()))
+    return {"adapter_saved": bool(keys), "checkpoint_adapter_only": ckpt is not None and all(
+        ".lora_" in k or "projector" in k for k in _safetensors_keys(ckpt / "model.safetensors"))}
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
 
 
 def _launch(args: list[str], recipe: Path, timeout: int, extra: list[str] = (), env: dict | None = None) -> dict:
@@ -113,9 +152,25 @@ def run_checks(work: Path, steps: int, timeout: int, cpu_smoke: bool = False) ->
 
     check("bf16_from_launcher", single)
     base = res["checks"]["bf16_from_launcher"].get("curve")
+
+    def peft(tag: str, procs: int, qlora: bool = False):
+        r = _peft_recipe(work / tag / "c.yaml", env, steps, gb // procs, qlora)
+        launch = ["--multi_gpu"] if procs > 1 else [*(["--cpu"] if cpu_smoke else [])]
+        out = _launch([*launch, "--num_processes", str(procs), "--mixed_precision", "bf16"], r, timeout)
+        c = _curve(r) if out["rc"] == 0 else None
+        saved = _peft_saved(r) if c else {}
+        ok = bool(c) and all(x == x for x in c) and all(saved.values())
+        if tag == "lora_ddp":
+            ok = ok and _close(c, res["checks"]["lora"].get("curve") or [])
+        return {"ok": ok, "curve": c, **saved, **out}
+
+    check("lora", lambda: peft("lora", 1))
+    check("qlora", lambda: peft("qlora", 1, qlora=True))
     if cpu_smoke:  # the script's own plumbing, on a machine without GPUs
-        res["ok"] = res["checks"]["bf16_from_launcher"]["ok"]
+        res["ok"] = all(c["ok"] for c in res["checks"].values())
         return res
+    if n > 1:
+        check("lora_ddp", lambda: peft("lora_ddp", n))
 
     def ddp():
         r = _recipe(work / "ddp" / "c.yaml", env, steps, gb // n)
@@ -181,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--timeout", type=int, default=300, help="seconds per launched run")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--cpu-smoke", action="store_true", help="check 1 only, on the CPU (tests the script)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="checks 1, 8 and 9 on the CPU (tests the script)")
     args = parser.parse_args(argv)
     import torch
 

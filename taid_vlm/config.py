@@ -62,6 +62,48 @@ class ModelConfig:
 
 
 @dataclass
+class PeftConfig:
+    """``student.peft``: LoRA adapters from the peft library on the student's language model (see
+    taid_vlm.models.peft_student). The LM's base weights stay frozen; the other parts follow
+    train_vision / train_projector (fully trained when on, saved with the adapter)."""
+
+    r: int = 16
+    """LoRA rank."""
+    alpha: float = 32.0
+    """LoRA scaling numerator (lora_alpha): the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    target_modules: str | list[str] = "all-linear"
+    """LM modules that get adapters: "all-linear" (every linear but the LM head), or names such as
+    [q_proj, v_proj] (a module matches when its name ends with one), lm_head included if listed."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """LM modules trained in full and saved with the adapter (e.g. [lm_head] or [embed_tokens])."""
+    use_dora: bool = False
+    """DoRA: weight-decomposed LoRA (peft's use_dora)."""
+    use_rslora: bool = False
+    """rsLoRA: scale by alpha / sqrt(r) (peft's use_rslora)."""
+    load_in_4bit: bool = False
+    """QLoRA: load the frozen base in 4 bits with bitsandbytes (text students loaded from `path`)."""
+    quant_type: str = "nf4"
+    """4-bit data type of the base: nf4 or fp4."""
+    double_quant: bool = True
+    """Quantize the 4-bit base's quantization constants too (bitsandbytes double quantization)."""
+    merge: bool = False
+    """Also write the student with the adapter merged in, as a plain model, to final/merged."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "student.peft.r", f"must be >= 1, got {self.r}")
+        _check(self.alpha > 0, "student.peft.alpha", f"must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "student.peft.dropout", f"must be in [0, 1), got {self.dropout}")
+        names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        _check(bool(names) and all(isinstance(n, str) and n for n in names), "student.peft.target_modules",
+               f'"all-linear" or a non-empty list of module names, got {self.target_modules!r}')
+        _check(all(isinstance(n, str) and n for n in self.modules_to_save), "student.peft.modules_to_save",
+               f"a list of module names, got {self.modules_to_save!r}")
+        _check(self.quant_type in ("nf4", "fp4"), "student.peft.quant_type", f"nf4 or fp4, got {self.quant_type!r}")
+
+
+@dataclass
 class StudentConfig(ModelConfig):
     train_vision: bool = True
     """Train the vision encoder (composed/VLM students)."""
@@ -71,6 +113,22 @@ class StudentConfig(ModelConfig):
     """Train the language model."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    peft: PeftConfig | None = None
+    """LoRA / DoRA / QLoRA adapters on the student's LM (the peft library); null trains the weights."""
+
+    def check(self, name: str, required: bool = True) -> None:
+        super().check(name, required)
+        if self.peft is None:
+            return
+        _check(self.train_lm, "student.train_lm", "student.peft trains the LM through adapters; set train_lm: true "
+               "(or drop student.peft to freeze the LM)")
+        if self.peft.load_in_4bit:
+            _check(bool(self.path), "student.peft.load_in_4bit",
+                   "4-bit bases are quantized while loading a pretrained checkpoint; set student.path")
+            _check(self.family in ("auto", "text"), "student.peft.load_in_4bit",
+                   f"4-bit bases are loaded for text students only, not family {self.family!r}")
+            _check(not self.peft.merge, "student.peft.merge", "a 4-bit base cannot be merged exactly; merge the "
+                   "adapter into the full-precision student.path (PeftModel.from_pretrained + merge_and_unload)")
 
 
 PLACEMENTS = ("replicated", "sharded", "dispatched")

@@ -166,7 +166,9 @@ class HFVLMAdapter(Adapter):
         text_cfg = self.model.config.get_text_config()
         vocab = len(self.tokenizer)
         bias = getattr(head, "bias", None)
-        return ResponseHidden(hidden=rows, weight=head.weight[:vocab], targets=targets, sample_index=index,
+        from taid_vlm.models.peft_student import head_weight  # W + scale * B @ A under LoRA on the head
+
+        return ResponseHidden(hidden=rows, weight=head_weight(head)[:vocab], targets=targets, sample_index=index,
                               bias=None if bias is None else bias[:vocab],
                               logit_softcap=getattr(text_cfg, "final_logit_softcapping", None) or None)
 

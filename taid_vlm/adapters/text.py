@@ -24,11 +24,13 @@ TEXT_MODEL_TYPES = (
 def lm_head_view(lm: nn.Module, vocab: int) -> dict[str, Any]:
     """LM-head pieces of ``lm`` cut to the tokenizer's ``vocab`` rows (padded rows dropped) plus the
     config's logit transforms (Gemma-2 soft-capping, Cohere logit scale), as ``ResponseHidden`` kwargs."""
+    from taid_vlm.models.peft_student import head_weight
+
     head = lm.get_output_embeddings()
     cfg = lm.config
     bias = getattr(head, "bias", None)
     return {
-        "weight": head.weight[:vocab],
+        "weight": head_weight(head)[:vocab],  # with LoRA on the head: W + scale * B @ A
         "bias": None if bias is None else bias[:vocab],
         "logit_softcap": getattr(cfg, "final_logit_softcapping", None) or None,
         "logit_scale": float(getattr(cfg, "logit_scale", None) or 1.0),
@@ -161,14 +163,15 @@ def resolve_tokenizer(tokenizer: Any, path: str | None, trust_remote_code: bool 
 @register_adapter("text", model_types=TEXT_MODEL_TYPES)
 def build_text_adapter(path: str | None = None, config: dict | None = None, tokenizer: Any = None,
                        dtype: str = "float32", trust_remote_code: bool = False, chat_template: str | None = None,
-                       attn_implementation: str | None = None) -> TextAdapter:
-    """``path`` (pretrained) or ``config`` (architecture dict, random weights; see models.factory)."""
+                       attn_implementation: str | None = None, **load_kwargs: Any) -> TextAdapter:
+    """``path`` (pretrained) or ``config`` (architecture dict, random weights; see models.factory).
+    ``load_kwargs`` go to ``from_pretrained`` (a 4-bit ``quantization_config``, see models.peft_student)."""
     from taid_vlm.models.factory import build_text_lm
 
     tok = resolve_tokenizer(tokenizer, path, trust_remote_code)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if path:
-        kwargs.update(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        kwargs.update(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **load_kwargs)
         model = build_text_lm({"path": path}, tok, **kwargs)
     elif config is not None:
         model = build_text_lm(config, tok, **kwargs).to(DTYPES[dtype])

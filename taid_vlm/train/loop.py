@@ -190,7 +190,7 @@ class Trainer:
             return save_engine_checkpoint(acc, self.out, self.step, state=self._state(), keep_last=self.cfg.train.keep_last,
                                           config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         return save_checkpoint(
-            self.out, self.step, model=acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            self.out, self.step, model=self._checkpointed(), optimizer=p.optimizer,
             scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, state=self._state(),
             config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False),
             is_main=acc.is_main_process, rank=acc.process_index, keep_last=self.cfg.train.keep_last,
@@ -214,10 +214,16 @@ class Trainer:
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
 
+    def _checkpointed(self) -> torch.nn.Module:
+        """The weights a checkpoint holds: the student, or only its adapter (student.peft)."""
+        from taid_vlm.models.peft_student import checkpoint_module
+
+        return checkpoint_module(self.parts.student, self.acc.unwrap_model(self.parts.student_module).model)
+
     def _load_plain(self, path: Path) -> dict[str, Any]:
         p = self.parts
         return load_checkpoint(
-            path, model=self.acc.unwrap_model(p.student_module).model, optimizer=p.optimizer,
+            path, model=self._checkpointed(), optimizer=p.optimizer,
             scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, rank=self.acc.process_index,
         )
 
@@ -288,7 +294,11 @@ class Trainer:
         if self.launch["engine"] in SHARDED_ENGINES:  # gathered from the shards (collective)
             save_final_student(acc, p.student, p.student_module, final)
         if acc.is_main_process:
-            if self.launch["engine"] not in SHARDED_ENGINES:
+            if self.launch["engine"] not in SHARDED_ENGINES and self.cfg.student.peft is not None:
+                from taid_vlm.models.peft_student import save_peft_student
+
+                save_peft_student(p.student, self.cfg.student, final)
+            elif self.launch["engine"] not in SHARDED_ENGINES:
                 p.student.save(str(final))
             (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}

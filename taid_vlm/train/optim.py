@@ -17,7 +17,8 @@ def apply_trainability(parts: dict[str, nn.Module], student: StudentConfig) -> d
     for name, module in parts.items():
         on = wanted.get(name, True)
         for p in module.parameters():
-            p.requires_grad_(on)
+            if p.is_floating_point():  # packed 4-bit weights (QLoRA bases) are uint8 and never train
+                p.requires_grad_(on)
         result[name] = on
     return result
 

@@ -10,6 +10,9 @@ Parameter counts come from the model configs, instantiated on the meta device (a
   W_t * b_t`` (``W_t``: parameters outside the decoder layers / vision blocks, e.g. embeddings and LM
   head, which stay whole); dispatched ``P_t * b_t / (N - 1)`` on devices 1..N-1, the student alone
   on device 0 (``N = 1``: all on device 0). 8bit / 4bit weights: 1 / 0.5 bytes outside the LM head;
+- a peft student (``student.peft``) trains ``T_s`` = its LoRA parameters (``r * (in + out)`` per
+  adapted linear) plus the parts it trains in full (peft copies them, so they count twice in the
+  weights); with ``load_in_4bit`` its linears but the LM head are stored in 0.5 bytes (QLoRA);
 - student activations at ``train.batch_size`` x ``data.max_length`` (B x L) per layer, after
   Korthikanti et al. 2022 (flash/SDPA attention): ``34 * B * L * H * a / 2`` bytes (``a``: 2 under bf16/
   fp16 autocast or a 16-bit student, else 4) for each layer, or with gradient checkpointing the layer
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import re
 import sys
@@ -60,6 +64,8 @@ class Shape:
     vocab: int
     vision_params: int = 0
     vision_hidden: int = 0
+    adapter: int = 0  # student.peft: LoRA parameters and modules_to_save copies, added to `params`
+    quantized: int = 0  # student.peft.load_in_4bit: parameters stored in 4 bits
     vision_layers: int = 0
     vision_tokens: int = 0
 
@@ -146,7 +152,21 @@ def model_shape(spec: ModelConfig) -> Shape:
     model, hidden, layers, vocab = _lm_shape(d)
     params, whole = _count(model, list(getattr(model, "_no_split_modules", None) or []))
     trainable = params if isinstance(spec, StudentConfig) else 0
-    return Shape(params, whole, trainable, vocab * hidden, hidden, layers, vocab)
+    shape = Shape(params, whole, trainable, vocab * hidden, hidden, layers, vocab)
+    return _with_peft(shape, spec, model, 0)
+
+
+def _with_peft(shape: Shape, spec: ModelConfig, lm: Any, other_trained: int) -> Shape:
+    """A peft student: trains its adapters (plus ``other_trained`` parameters of parts trained in
+    full, which peft copies), its LM base frozen and, with load_in_4bit, stored in 4 bits."""
+    peft = getattr(spec, "peft", None)
+    if peft is None:
+        return shape
+    from taid_vlm.models.peft_student import adapter_counts
+
+    n = adapter_counts(lm, peft)
+    extra = n["adapter"] + n["saved"] + other_trained
+    return dataclasses.replace(shape, trainable=extra, adapter=extra, quantized=n["quantized"])
 
 
 def _hf_vlm_shape(spec: ModelConfig, d: dict[str, Any]) -> Shape:
@@ -212,9 +232,10 @@ def _composed_shape(spec: ModelConfig) -> Shape:
     trainable = 0
     if isinstance(spec, StudentConfig):
         trainable = p_v * spec.train_vision + p_p * spec.train_projector + p_lm * spec.train_lm
-    return Shape(p_lm + p_v + p_p, w_lm + w_v + p_p, trainable, vocab * hidden, hidden, layers, vocab,
-                 vision_params=p_v, vision_hidden=vcfg["hidden_size"], vision_layers=len(_vision_layers(tower)),
-                 vision_tokens=tower.num_tokens)
+    shape = Shape(p_lm + p_v + p_p, w_lm + w_v + p_p, trainable, vocab * hidden, hidden, layers, vocab,
+                  vision_params=p_v, vision_hidden=vcfg["hidden_size"], vision_layers=len(_vision_layers(tower)),
+                  vision_tokens=tower.num_tokens)
+    return _with_peft(shape, spec, lm, p_v * getattr(spec, "train_vision", 0) + p_p * getattr(spec, "train_projector", 0))
 
 
 def _vision_layers(tower: Any) -> list:
@@ -249,7 +270,9 @@ def placement_memory(cfg: Config, teacher: Shape, student: Shape, gpus: int, pla
     rows = chunk_rows(cfg.loss.chunk_size, student.vocab) if cfg.loss.fused else tokens
     out = {
         "teacher_weights": t_dev,
-        "student_weights": student.params * bs / n_s,
+        # A 4-bit base (QLoRA) stores its linears in half a byte; adapters are added in student.dtype.
+        "student_weights": ((student.params - student.quantized + student.adapter) * bs
+                            + student.quantized * QUANT_BYTES["4bit"]) / n_s,
         "gradients": student.trainable * bs / n_s,
         "optimizer": 2 * student.trainable * bs / n_s,
         "activations": act,

@@ -179,9 +179,10 @@ def check_finite_weights(model: torch.nn.Module, name: str) -> None:
 
 
 def _build_adapters(cfg: Config, acc: Accelerator) -> tuple[Adapter, Adapter | None]:
-    student = build_adapter(**cfg.student.adapter_kwargs())
     from taid_vlm.adapters.student import check_student
+    from taid_vlm.models.peft_student import quantization_kwargs
 
+    student = build_adapter(**cfg.student.adapter_kwargs(), **quantization_kwargs(cfg.student, acc.device))
     try:  # before the teacher loads: a family that cannot train is refused in seconds
         check_student(student)
     except ValueError as err:
@@ -347,6 +348,14 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     if cfg.student.gradient_checkpointing and hasattr(student.model, "gradient_checkpointing_enable"):
         student.model.gradient_checkpointing_enable()
     apply_trainability(student.parts(), cfg.student)
+    if cfg.student.peft is not None:  # LoRA on the LM; wrappers of adapter.model (QAT) chain after this
+        from taid_vlm.models.peft_student import apply_peft
+
+        if distributed_type(acc) in SHARDED_ENGINES:
+            raise ConfigError("student.peft: adapters are trained with DDP or one process here; FSDP/DeepSpeed "
+                              "checkpoints of a peft student are not supported yet")
+
+        apply_peft(student, cfg.student)
 
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.loss_options()).to(acc.device)
 
@@ -368,7 +377,9 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
         # accelerate.save_state then saves (and load_state restores) these beside the engine's shards.
         acc.register_for_checkpointing(scheduler, loss_fn)
     params = [q for g in optimizer.param_groups for q in g["params"]]
-    check_free_space(cfg.train.output_dir, student.model, optimizer)  # every rank, so all stop together
+    from taid_vlm.models.peft_student import checkpoint_module
+
+    check_free_space(cfg.train.output_dir, checkpoint_module(student, student.model), optimizer)  # every rank, so all stop together
     if acc.is_main_process:  # the start-up succeeded: now the folder is taken
         write_run_marker(cfg, resume_from)
     acc.wait_for_everyone()
