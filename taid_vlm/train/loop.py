@@ -274,6 +274,11 @@ class Trainer:
         if acc.is_main_process:
             if self.launch["engine"] not in SHARDED_ENGINES:
                 p.student.save(str(final))
+            if self.cfg.student.quantization is not None:  # the float export becomes the real quantized model
+                from taid_vlm.train.qat import export_quantized
+
+                quant = export_quantized(final, self.cfg.student.quantization, self.cfg.student.trust_remote_code)
+                self.log.info(f"quantized student: {quant}")
             (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}
             (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))
