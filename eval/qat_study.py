@@ -144,7 +144,7 @@ def demo_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict[str
     shipped teacher M and students; the float TAID runs are eval/methods.py's when --work is shared)."""
     from taid_vlm.demo.studies import open_study
 
-    study = open_study(argparse.Namespace(quick=args.quick, work=str(Path(args.work) / "demo")))
+    study = open_study(argparse.Namespace(quick=args.quick, work=args.demo_work or str(Path(args.work) / "demo")))
     teacher = study.teacher()
     rows = []
     for seed in range(args.seeds):
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few steps, 1 seed, tiny demo preset (the test)")
     ap.add_argument("--task", choices=("pretrain", "demo", "both"), default="both")
     ap.add_argument("--work", default="runs/qat_study", help="runs: <work>/pretrain and <work>/demo")
+    ap.add_argument("--demo-work", default=None, help="the demo task's Study folder (default <work>/demo; "
+                    "eval/methods.py's folder reuses its float TAID students)")
     ap.add_argument("--data", default="data/lee", help="the Lee corpus and tokenizer (eval/pretrain_study.py)")
     ap.add_argument("--output", default="eval/results")
     ap.add_argument("--seeds", type=int, default=None, help="default 3 (quick 1)")

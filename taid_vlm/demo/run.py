@@ -154,6 +154,20 @@ def student_config(run_dir: Path, paths: dict, preset: dict[str, Any], loss: str
                         student_options=preset.get("student_options"))
 
 
+def _same_config(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a finished run's saved config is ``current``, read through today's Config: a run saved
+    before a field was added (its default then fills in, e.g. ``student.quantization: null``) stays
+    reusable; one that no longer parses is not."""
+    from taid_vlm.config_io import config_from_dict, config_to_dict
+
+    if saved == current:
+        return True
+    try:
+        return config_to_dict(config_from_dict(saved)) == current
+    except (TypeError, ValueError):  # ConfigError is a ValueError
+        return False
+
+
 def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
     """Train one model unless a finished run of the same config exists; returns the train time in
     seconds. A folder holding an unfinished run, or a run of another config, is trained afresh."""
@@ -168,7 +182,7 @@ def stage_train(run_dir: Path, cfg_dict: dict[str, Any], label: str) -> float:
     timing = run_dir / "train_time.json"
     marker = run_dir / RUN_MARKER
     if done.is_file() and timing.is_file() and marker.is_file():
-        if yaml.safe_load(marker.read_text()) == config_to_dict(cfg):
+        if _same_config(yaml.safe_load(marker.read_text()), config_to_dict(cfg)):
             _log(f"{label}: reusing {run_dir / 'final'}")
             return json.loads(timing.read_text())["seconds"]
         _log(f"{label}: {run_dir} holds a run of another config; training again")

@@ -126,3 +126,28 @@ def test_lora_trains_on_fake_quantized_linears_and_merges(text_adapter):
     assert layer.lora_A["default"].weight.grad.abs().sum() > 0 and layer.base_layer.weight.grad is None
     merged = pm.merge_and_unload()
     assert isinstance(merged.model.layers[0].self_attn.q_proj, FakeQuantizedLinear)  # still converted at the end
+
+
+def test_a_run_saved_before_the_quantization_field_is_still_reused(tmp_path, tiny_tokenizer):
+    """A finished demo/study run whose saved config lacks ``student.quantization`` (saved before the
+    field existed) is the same run: stage_train reuses it instead of training again."""
+    import json
+
+    import yaml
+
+    from taid_vlm.config_io import config_to_dict
+    from taid_vlm.demo.run import stage_train
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "train.json").write_text("[]")
+    cfg = {"student": {"family": "text", "config": tiny_text_config(), "tokenizer": str(tmp_path / "tok")},
+           "loss": {"name": "sft"}, "data": {"train": str(tmp_path / "train.json")},
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1}}
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "metrics.json").write_text("{}")
+    (run / "train_time.json").write_text(json.dumps({"seconds": 12.5}))
+    saved = config_to_dict(config_from_dict(cfg))
+    del saved["student"]["quantization"]
+    (run / "run_config.yaml").write_text(yaml.safe_dump(saved))
+    assert stage_train(run, cfg, "old run") == 12.5  # reused: training this would fail (no records)
