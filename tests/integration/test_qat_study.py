@@ -54,4 +54,4 @@ def test_summary_pairs_by_seed_with_t_intervals():
     assert out["cells"]["ptq"]["heldout_ppl_mean"] == 11.0 and out["cells"]["ptq"]["n"] == 2
     (d,) = out["differences"]
     assert (d["a"], d["b"]) == ("qat_taid", "ptq") and d["heldout_ppl_diffs"] == [-1.0, -2.0]
-    assert d["heldout_ppl"] == -1.5 and d["heldout_ppl_ci95"] == pytest.approx(12.706 * 0.5 / 2 ** 0.5, rel=1e-3)
+    assert d["heldout_ppl"] == -1.5 and d["heldout_ppl_ci95"] == pytest.approx(12.706 * 0.5 ** 0.5 / 2 ** 0.5, rel=1e-3)
