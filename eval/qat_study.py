@@ -103,6 +103,14 @@ def packed_ppl(model_dir: Path, text_file: str, rows: int = 128) -> float:
     return math.exp(nll / n)
 
 
+def _cells(args: argparse.Namespace) -> list[tuple[str, tuple[str, bool]]]:
+    """The cells to run, in CELLS order (``--cells``; "ptq" needs "taid", whose run it quantizes)."""
+    wanted = set(args.cells.split(",")) if args.cells else set(CELLS)
+    if "ptq" in wanted:
+        wanted.add("taid")
+    return [(c, spec) for c, spec in CELLS.items() if c in wanted]
+
+
 def _qat_overrides(cell: str, scheme: dict[str, Any]) -> dict[str, Any]:
     return {"student": {"quantization": dict(scheme)}} if CELLS[cell][1] else {}
 
@@ -123,7 +131,7 @@ def pretrain_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict
                 "teacher")
     rows = []
     for seed in range(args.seeds):
-        for cell, (loss, qat) in CELLS.items():
+        for cell, (loss, qat) in _cells(args):
             if cell == "ptq":
                 run = work / f"taid_s{seed}_ptq"
                 final = ptq_copy(work / f"taid_s{seed}" / "final", run / "final", scheme)
@@ -148,7 +156,7 @@ def demo_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict[str
     teacher = study.teacher()
     rows = []
     for seed in range(args.seeds):
-        for cell, (loss, qat) in CELLS.items():
+        for cell, (loss, qat) in _cells(args):
             if cell == "ptq":
                 run = study.work / f"student_taid_s{seed}_ptq"
                 res = study.evaluate(ptq_copy(study.work / f"student_taid_s{seed}" / "final", run / "final", scheme))
@@ -254,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="data/lee", help="the Lee corpus and tokenizer (eval/pretrain_study.py)")
     ap.add_argument("--output", default="eval/results")
     ap.add_argument("--seeds", type=int, default=None, help="default 3 (quick 1)")
+    ap.add_argument("--cells", default=None, help=f"comma-separated subset of {','.join(CELLS)} (default all; "
+                    "finished runs are reused, so a subset reports what an interrupted study finished)")
     ap.add_argument("--gen-tokens", type=int, default=None, help="tokens decoded for the speed (default 64, quick 8)")
     args = ap.parse_args(argv)
+    bad = set((args.cells or "taid").split(",")) - set(CELLS)
+    if bad:
+        ap.error(f"--cells: unknown {sorted(bad)}; valid: {', '.join(CELLS)}")
     args.seeds = args.seeds or (1 if args.quick else 3)
     gen = args.gen_tokens or (8 if args.quick else 64)
     scheme = {**SCHEME, "group_size": 16} if args.quick else dict(SCHEME)
