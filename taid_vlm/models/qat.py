@@ -90,13 +90,6 @@ def prepare_student(model: nn.Module, parts: dict[str, nn.Module], q: StudentQua
     return list(linears)
 
 
-def is_fake_quantized(module: nn.Module) -> bool:
-    """Whether ``module`` is one of torchao's fake-quantized linears."""
-    from torchao.quantization.qat import FakeQuantizedLinear
-
-    return isinstance(module, FakeQuantizedLinear)
-
-
 def quantize_converted(model: nn.Module, parts: dict[str, nn.Module], q: StudentQuantizationConfig) -> list[str]:
     """Quantize the target linears of a float ``model`` (no fake quantizers) with ``q``'s base config
     in place, so they hold torchao quantized tensors; attach transformers' torchao quantizer so that

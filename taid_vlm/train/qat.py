@@ -22,7 +22,13 @@ def prepare_run_student(cfg: Config, student: Adapter, engine: str) -> list[str]
     q = cfg.student.quantization
     if q is None:
         return []
+    import importlib.util
+
     from taid_vlm.train.checkpoint import SHARDED_ENGINES
+
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError("student.quantization: needs torchao (pip install 'taid-vlm[quant]'), which is not "
+                          "installed; or remove student.quantization")
 
     if engine in SHARDED_ENGINES:
         raise ConfigError(f"student.quantization: not supported with the {engine} engine (sharded parameters); "
