@@ -61,6 +61,50 @@ class ModelConfig:
         }
 
 
+QAT_SCHEMES = ("int8_dynamic_int4_weight", "int8_weight_only")
+QAT_TARGETS = ("lm", "projector")
+
+
+@dataclass
+class StudentQuantizationConfig:
+    """torchao quantization-aware training of the student (taid_vlm.models.qat)."""
+
+    scheme: str = "int8_dynamic_int4_weight"
+    """int8_dynamic_int4_weight (int8 per-token activations, int4 symmetric grouped weights) or
+    int8_weight_only (int8 per-channel weights); fake-quantized in training, real at the end."""
+    group_size: int = 32
+    """int8_dynamic_int4_weight: input features per weight scale; must divide every target's in_features."""
+    targets: list[str] = field(default_factory=lambda: ["lm"])
+    """Parts whose linear layers are quantized: lm (the LM's linears, never its output head) and/or projector."""
+
+    def check(self, name: str) -> None:
+        _check(self.scheme in QAT_SCHEMES, f"{name}.scheme", f"must be one of {', '.join(QAT_SCHEMES)}, "
+               f"got {self.scheme!r}")
+        _check(self.group_size >= 1, f"{name}.group_size", f"must be >= 1, got {self.group_size}")
+        _check(bool(self.targets) and all(t in QAT_TARGETS for t in self.targets), f"{name}.targets",
+               f"must be a non-empty list of {', '.join(QAT_TARGETS)}, got {self.targets!r}")
+
+
+def check_quantization_peft(quantization: StudentQuantizationConfig | None, adapter: str | None,
+                            base_quantized: bool = False, merged: bool = True) -> None:
+    """Refuse ``student.quantization`` with a ``student.peft`` setting they cannot share (called
+    from ``StudentConfig.check``): ``adapter`` is the peft method (``lora``...,
+    None for no adapter), ``base_quantized`` a bitsandbytes-quantized base (QLoRA), ``merged`` whether
+    the final adapter is merged into the base. Accepted: LoRA on the fake-quantized base, merged at the
+    end and then converted (checked in tests/unit/test_qat.py: peft wraps torchao's FakeQuantizedLinear,
+    an nn.Linear subclass, and merge_and_unload keeps it)."""
+    if quantization is None or adapter is None:
+        return
+    _check(not base_quantized, "student.quantization",
+           "QLoRA's base is bitsandbytes-quantized (Linear4bit/Linear8bitLt), which torchao QAT cannot "
+           "fake-quantize (it swaps nn.Linear); use student.quantization with plain LoRA (student.peft) or drop one")
+    _check(adapter.lower() == "lora", "student.quantization",
+           f"only LoRA adapters (student.peft) are checked to train on torchao's fake-quantized linears, got {adapter!r}")
+    _check(merged, "student.quantization",
+           "the quantized student ships as one model, so the LoRA adapter must be merged into the base before "
+           "conversion; set the student.peft merge option")
+
+
 @dataclass
 class PeftConfig:
     """``student.peft``: LoRA adapters from the peft library on the student's language model (see
@@ -116,8 +160,15 @@ class StudentConfig(ModelConfig):
     peft: PeftConfig | None = None
     """LoRA / DoRA / QLoRA adapters on the student's LM (the peft library); null trains the weights."""
 
+    quantization: StudentQuantizationConfig | None = None
+    """Quantization-aware training (torchao): the student trains fake-quantized and is saved as the
+    real quantized model (see README "Quantization-aware distillation"); null: a float student."""
+
     def check(self, name: str, required: bool = True) -> None:
         super().check(name, required)
+        if self.peft is not None:
+            check_quantization_peft(self.quantization, "dora" if self.peft.use_dora else "lora",
+                                    base_quantized=self.peft.load_in_4bit, merged=self.peft.merge)
         if self.peft is None:
             return
         _check(self.train_lm, "student.train_lm", "student.peft trains the LM through adapters; set train_lm: true "
@@ -492,6 +543,8 @@ class Config:
     def check(self) -> None:
         """Validate every section; raises ConfigError naming the first bad field."""
         self.student.check("student")
+        if self.student.quantization is not None:
+            self.student.quantization.check("student.quantization")
         self.loss.check()
         if self.loss.needs_teacher and not self.teacher.cache:
             self.teacher.check("teacher")

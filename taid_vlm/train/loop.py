@@ -300,6 +300,13 @@ class Trainer:
                 save_peft_student(p.student, self.cfg.student, final)
             elif self.launch["engine"] not in SHARDED_ENGINES:
                 p.student.save(str(final))
+            if self.cfg.student.quantization is not None:  # the float export becomes the real quantized model
+                from taid_vlm.train.qat import export_quantized
+
+                # With LoRA the merged student (final/merged, required by config) is the model that ships.
+                target = final / "merged" if self.cfg.student.peft is not None else final
+                quant = export_quantized(target, self.cfg.student.quantization, self.cfg.student.trust_remote_code)
+                self.log.info(f"quantized student: {quant}")
             (final / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             report = p.report.to_dict() if hasattr(p.report, "to_dict") else {}
             (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))

@@ -29,6 +29,7 @@ from taid_vlm.train.checkpoint import SHARDED_ENGINES, check_free_space, list_ch
 from taid_vlm.train.data_order import MicroBatchPlan, StreamPlan
 from taid_vlm.train.optim import apply_trainability, build_optimizer, param_groups
 from taid_vlm.train.placement import check_engine, check_placement, distributed_type
+from taid_vlm.train.qat import prepare_run_student
 from taid_vlm.train.step import StudentForward
 
 if TYPE_CHECKING:  # imported where used: the cache and the sampler are optional parts of a run
@@ -347,6 +348,7 @@ def build_run(cfg: Config, resume: str | None = None) -> RunParts:
     student, teacher = _build_adapters(cfg, acc)
     if cfg.student.gradient_checkpointing and hasattr(student.model, "gradient_checkpointing_enable"):
         student.model.gradient_checkpointing_enable()
+    prepare_run_student(cfg, student, distributed_type(acc))  # QAT: before trainability and the optimizer
     apply_trainability(student.parts(), cfg.student)
     if cfg.student.peft is not None:  # LoRA on the LM; wrappers of adapter.model (QAT) chain after this
         from taid_vlm.models.peft_student import apply_peft

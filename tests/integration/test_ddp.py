@@ -13,21 +13,24 @@ from taid_vlm.cli import main
 
 from .conftest import read_jsonl, write_config
 
+QAT = ["student.quantization.scheme=int8_dynamic_int4_weight", "student.quantization.group_size=16"]
+
 
 @pytest.mark.slow
-def test_two_process_run_matches_single_process(tmp_path, run_env):
+@pytest.mark.parametrize("extra", [[], QAT], ids=["float", "qat"])
+def test_two_process_run_matches_single_process(tmp_path, run_env, extra):
     launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     assert launcher, "accelerate's launcher is installed with the package"
     # Global batch 4 in both: one process x 4, or two processes x 2.
     (tmp_path / "single").mkdir()
     single = write_config(tmp_path / "single" / "c.yaml", run_env, max_steps=3, batch_size=4)
-    assert main(["train", str(single)]) == 0
+    assert main(["train", str(single), *extra]) == 0
     (tmp_path / "ddp").mkdir()
     ddp = write_config(tmp_path / "ddp" / "c.yaml", run_env, max_steps=3, batch_size=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29517",
-         "-m", "taid_vlm.cli", "train", str(ddp)],
+         "-m", "taid_vlm.cli", "train", str(ddp), *extra],
         env=env, capture_output=True, text=True, timeout=420,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
