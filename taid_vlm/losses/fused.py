@@ -128,18 +128,23 @@ def _full_fallback(loss, hidden, weight, t_hidden, t_weight, t_logits, mask, lab
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss.stats}
 
 
-# "auto" chunk rows: one fp32 [rows, V] buffer of about this size. Two such buffers (student and
-# teacher) are alive per chunk; at V = 151,936 this gives 104 rows (2 x 63 MiB) where a fixed 1,024
-# would hold 2 x 622 MiB. Small vocabularies keep the 1,024-row cap (few, large matmuls).
+# "auto" chunk rows: one fp32 [rows, V] buffer of about AUTO_CHUNK_BYTES, at most AUTO_MAX_ROWS.
+# Two such buffers (student and teacher) live for the whole call (_chunk.py), so the fused loss holds
+# 2 x 64 MiB at V = 151,936 (104 rows) where the floor's full logits hold several [N, V]. The row cap
+# keeps the same proportion at mid-size vocabularies: at V = 32,000 the budget alone would give 520
+# rows, i.e. the whole 508-row batch of bench_step in one chunk (0.65x of the floor's memory); 256
+# rows give two chunks and about 0.4x. Fewer rows than ~100 make the head's matrix products thin
+# (measured on this CPU: 64 rows cost 2.5-3x per row what 1024 do, 256 rows 1.3-1.4x), hence the floor.
 AUTO_CHUNK_BYTES = 64 * 2**20
+AUTO_MAX_ROWS = 256
 
 
 def chunk_rows(chunk_size: int | str, vocab: int) -> int:
     """Rows per chunk of the fused loop: an int as given; ``"auto"`` sizes a ``[rows, vocab]`` fp32
-    buffer near ``AUTO_CHUNK_BYTES``, a multiple of 8 in ``[16, 1024]``."""
+    buffer near ``AUTO_CHUNK_BYTES``, a multiple of 8 in ``[16, AUTO_MAX_ROWS]``."""
     if chunk_size == "auto":
         rows = AUTO_CHUNK_BYTES // (4 * max(int(vocab), 1))
-        return int(min(1024, max(16, rows // 8 * 8)))
+        return int(min(AUTO_MAX_ROWS, max(16, rows // 8 * 8)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
     return chunk_size
