@@ -100,9 +100,10 @@ def run_case(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     n, v, hdim, t = spec["N"], spec["V"], spec["H"], 0.5
-    h = torch.randn(n, hdim, device=dev).requires_grad_()
-    w = (torch.randn(v, hdim, device=dev) * 0.05).requires_grad_()
-    th, tw = torch.randn(n, hdim, device=dev), torch.randn(v, hdim, device=dev) * 0.05
+    dt = torch.bfloat16 if spec.get("bf16") else torch.float32
+    h = torch.randn(n, hdim, device=dev).to(dt).requires_grad_()
+    w = (torch.randn(v, hdim, device=dev) * 0.05).to(dt).requires_grad_()
+    th, tw = torch.randn(n, hdim, device=dev).to(dt), (torch.randn(v, hdim, device=dev) * 0.05).to(dt)
 
     taid = get_loss("taid", t=t)
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs", default=None, help="comma-separated V values (default 32000,151936)")
     ap.add_argument("--peers", default=None, help="N,V: add the peer rows (eval/loss_peers.py) at this shape")
     ap.add_argument("--rounds", type=int, default=3, help="timed steps per peer row (round-robin, median)")
-    ap.add_argument("--bf16", action="store_true", help="peer rows in bf16 (as on a GPU)")
+    ap.add_argument("--bf16", action="store_true", help="inputs and weights in bf16 (as on a GPU), every row")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in ns:
             for path in ("full", "fused"):
                 small = n * v <= 2048 * 32000
-                spec = {"path": path, "N": n, "V": v, "H": hdim, "chunk": chunk_rows(chunk, v), "threads": args.threads,
+                spec = {"path": path, "N": n, "V": v, "H": hdim, "chunk": chunk_rows(chunk, v), "threads": args.threads, "bf16": args.bf16,
                         "warmup": 1 if small else 0, "repeats": 2 if small else 1}
                 need = _estimate_mib(path, n, v, hdim, spec["chunk"])
                 if need > 0.8 * avail:
