@@ -18,6 +18,10 @@ On the GPUs present (tiny random-weight models, a synthetic set, a few steps eac
    over all GPUs -> the same curve; the checkpoint holds the adapter only, final/ is a peft adapter;
 9. ``qlora``: a text student loaded in 4 bits (bitsandbytes, ``load_in_4bit``) trains to finite losses
    and saves its adapter against the base path.
+10. ``loss_rows_bf16``: ``eval/bench_losses.py`` in bf16 on one GPU at N = 2,048, V = 151,936 (full vs
+   fused TAID, and the peer rows: Liger-Kernel's chunked JSD, Cut Cross-Entropy's Triton kernel),
+   timed by CUDA-synchronised wall clock and ``max_memory_allocated``; ok when every row ran. With
+   ``--cpu-smoke`` it runs bench_losses' quick shapes in bf16 on the CPU (no peers).
 
 Each check records ok / error and its numbers; the exit status is 0 only if all ran checks pass.
 """
@@ -118,6 +122,13 @@ def _curve(recipe: Path) -> list[float]:
     return [json.loads(ln)["loss"] for ln in log.read_text().splitlines() if ln.strip()]
 
 
+def _load_eval(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) > 0 and all(abs(x - y) <= TOL * max(abs(x), 1e-6) for x, y in zip(a, b))
 
@@ -166,8 +177,19 @@ def run_checks(work: Path, steps: int, timeout: int, cpu_smoke: bool = False) ->
 
     check("lora", lambda: peft("lora", 1))
     check("qlora", lambda: peft("qlora", 1, qlora=True))
+
+    def loss_rows():
+        bench = _load_eval("bench_losses")
+        out = work / "loss_rows"
+        shape = ["--quick"] if cpu_smoke else ["--ns", "2048", "--vs", "151936", "--peers", "2048,151936"]
+        rc = bench.main([*shape, "--bf16", "--output", str(out), "--timeout", str(timeout)])
+        report = json.loads((out / "bench_losses.json").read_text())
+        return {"ok": rc == 0, "ratios": report["ratios"], "target_result": report["target_result"],
+                "peers": report["peers"], "cases": report["cases"]}
+
+    check("loss_rows_bf16", loss_rows)
     if cpu_smoke:  # the script's own plumbing, on a machine without GPUs
-        res["ok"] = all(c["ok"] for c in res["checks"].values())
+        res["ok"] = all(c.get("ok") is not False for c in res["checks"].values())
         return res
     if n > 1:
         check("lora_ddp", lambda: peft("lora_ddp", n))

@@ -307,7 +307,7 @@ class LossConfig:
     """Chunked LM-head + loss path that never holds [N, V] logits for all response tokens."""
     chunk_size: int | str = "auto"
     """Rows per chunk in the fused path, or "auto": as many as keep one fp32 [rows, V] buffer near
-    64 MiB (at most 1024), so memory stays flat at large vocabularies (losses.fused.chunk_rows)."""
+    64 MiB (at most 256 rows), so memory stays flat at large vocabularies (losses.fused.chunk_rows)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Options per loss name, written in YAML as a block named after the loss inside `loss:`
     (`loss.taid.t_start=0.3`, `loss.gjsd.beta=0.5`); the block of `name` goes to get_loss. Every

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from taid_vlm.losses._chunk import chunk_pass
 from taid_vlm.losses._validate import (
-    NEG_FILL,
     check_finite_tensor,
     check_logits,
     check_range,
@@ -25,83 +25,6 @@ from taid_vlm.losses._validate import (
 from taid_vlm.losses.base import DistillLoss
 from taid_vlm.losses.registry import get_loss
 from taid_vlm.losses.sparse import TopKLogprobs
-
-
-def _chunk_pass(ctx_args: dict, h, w, th, tw, tl, labels, want_grad: bool):
-    """The chunk loop. Returns (sums dict, grad_h [n, H] | None, grad_w [V, H] fp32 | None, param grads)."""
-    loss: DistillLoss = ctx_args["loss"]
-    ratio, scale, chunk = ctx_args["ratio"], ctx_args["scale"], ctx_args["chunk"]
-    gh_need, gw_need, params = ctx_args["need_h"] and want_grad, ctx_args["need_w"] and want_grad, ctx_args["params"]
-    n = h.shape[0]
-    distil_grad = want_grad and loss.needs_teacher and ratio > 0
-    any_grad = gh_need or gw_need or (distil_grad and params)
-    grad_h = torch.empty(n, h.shape[1], dtype=h.dtype, device=h.device) if gh_need else None
-    grad_w = None  # [V, H] fp32, from the first chunk on
-    pgrads = [torch.zeros_like(p, dtype=torch.float32) for p in params] if distil_grad else []
-    sums = {"distil": h.new_zeros((), dtype=torch.float32), "lm": h.new_zeros((), dtype=torch.float32)}
-    stats = {k: h.new_zeros((), dtype=torch.float32) for k in loss.stat_keys}
-    for a in range(0, n, chunk):
-        b = min(a + chunk, n)
-        hc = h[a:b]
-        # Student log-probs, in place over the logits: one row kernel, no logsumexp temporaries (on
-        # the CPU every fresh [C, V] buffer costs its page faults). Every loss is invariant to a
-        # per-row shift of the student logits, so log-probs stand in for logits with the same values
-        # and gradients, and the LM cross-entropy is a gather.
-        s = hc @ w.T
-        s = torch.log_softmax(s.float(), -1, out=s) if s.dtype == torch.float32 else torch.log_softmax(s.float(), -1)
-        lab = None if labels is None else labels[a:b]
-        if lab is not None:
-            sums["lm"] -= s.gather(1, lab.unsqueeze(1)).sum()
-        grad = None
-        if loss.needs_teacher:
-            s_distil = s
-            if tl is not None:
-                # A cache's top-k rows become this chunk's [C, V] log-probs here, never [N, V].
-                sparse = isinstance(tl, TopKLogprobs)
-                t = tl.dense(a, b) if sparse else tl[a:b].to(torch.float32, copy=True)
-                if not sparse or tl.has_neginf:
-                    neg = torch.isneginf(t)
-                    if bool(neg.any()):
-                        # Excluded for the student too (as sanitize_pair does on the full path); the
-                        # LM cross-entropy above keeps the student's whole vocabulary.
-                        t.masked_fill_(neg, NEG_FILL)
-                        s_distil = s.masked_fill(neg, NEG_FILL)
-                    del neg
-            else:
-                t = (th[a:b] @ tw.T).float()
-            vals, extras, grad, pg = loss.value_and_grad(s_distil, t, lab, distil_grad and any_grad,
-                                                         student_logprobs=s_distil is s)
-            del t, s_distil
-            sums["distil"] += vals.sum()
-            for k in stats:
-                stats[k] += extras[k].float().sum()
-            for acc, g in zip(pgrads, pg or []):
-                acc.add_(g.float(), alpha=ratio * scale)
-        if not (gh_need or gw_need):
-            continue
-        if grad is not None and ratio != 1.0:
-            grad.mul_(ratio)
-        if ratio < 1.0 or not loss.needs_teacher:  # LM cross-entropy part: softmax(s) - onehot(label)
-            q = s.exp_()  # s (log-probs) is not needed any more
-            q.scatter_add_(1, lab.unsqueeze(1), q.new_full((b - a, 1), -1.0))
-            lm_w = 1.0 - ratio if loss.needs_teacher else 1.0
-            grad = (q if lm_w == 1.0 else q.mul_(lm_w)) if grad is None else grad.add_(q, alpha=lm_w)
-            del q
-        del s
-        gd = (grad if scale == 1.0 else grad.mul_(scale)).to(w.dtype)
-        if gh_need:
-            grad_h[a:b] = (gd @ w).to(h.dtype)
-        if gw_need:
-            if grad_w is None:  # the first chunk's product is the buffer: no zero-filled [V, H]
-                grad_w = (gd.T @ hc.to(gd.dtype)).float()
-            elif gd.dtype == torch.float32 and hc.dtype == torch.float32:
-                grad_w.addmm_(gd.T, hc)
-            else:
-                grad_w.add_((gd.T @ hc.to(gd.dtype)).float())
-        del grad, gd
-    if gw_need and grad_w is None:  # no valid row
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-    return sums, stats, grad_h, grad_w, pgrads
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -120,7 +43,7 @@ class _FusedLinearLoss(torch.autograd.Function):
                 tl = t_logits if rows is None else t_logits.index_select(0, rows)
             lab = labels if (labels is None or rows is None) else labels.index_select(0, rows)
             cfg = dict(cfg, need_h=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1], params=list(params))
-            sums, stats, gh, gw, pg = _chunk_pass(cfg, h, w, th, tw, tl, lab, cfg["want_grad"])
+            sums, stats, gh, gw, pg = chunk_pass(cfg, h, w, th, tw, tl, lab, cfg["want_grad"])
         if gh is not None and (rows is not None or gh.dtype != hidden.dtype):
             full = torch.zeros_like(hidden)
             gh = full.index_copy_(0, rows, gh.to(hidden.dtype)) if rows is not None else gh.to(hidden.dtype)
@@ -205,18 +128,23 @@ def _full_fallback(loss, hidden, weight, t_hidden, t_weight, t_logits, mask, lab
     return {"loss": total, "distil_loss": distil.detach(), "lm_loss": lm.detach(), **loss.stats}
 
 
-# "auto" chunk rows: one fp32 [rows, V] buffer of about this size. Two such buffers (student and
-# teacher) are alive per chunk; at V = 151,936 this gives 104 rows (2 x 63 MiB) where a fixed 1,024
-# would hold 2 x 622 MiB. Small vocabularies keep the 1,024-row cap (few, large matmuls).
+# "auto" chunk rows: one fp32 [rows, V] buffer of about AUTO_CHUNK_BYTES, at most AUTO_MAX_ROWS.
+# Two such buffers (student and teacher) live for the whole call (_chunk.py), so the fused loss holds
+# 2 x 64 MiB at V = 151,936 (104 rows) where the floor's full logits hold several [N, V]. The row cap
+# keeps the same proportion at mid-size vocabularies: at V = 32,000 the budget alone would give 520
+# rows, i.e. the whole 508-row batch of bench_step in one chunk (0.65x of the floor's memory); 256
+# rows give two chunks and about 0.4x. Fewer rows than ~100 make the head's matrix products thin
+# (measured on this CPU: 64 rows cost 2.5-3x per row what 1024 do, 256 rows 1.3-1.4x), hence the floor.
 AUTO_CHUNK_BYTES = 64 * 2**20
+AUTO_MAX_ROWS = 256
 
 
 def chunk_rows(chunk_size: int | str, vocab: int) -> int:
     """Rows per chunk of the fused loop: an int as given; ``"auto"`` sizes a ``[rows, vocab]`` fp32
-    buffer near ``AUTO_CHUNK_BYTES``, a multiple of 8 in ``[16, 1024]``."""
+    buffer near ``AUTO_CHUNK_BYTES``, a multiple of 8 in ``[16, AUTO_MAX_ROWS]``."""
     if chunk_size == "auto":
         rows = AUTO_CHUNK_BYTES // (4 * max(int(vocab), 1))
-        return int(min(1024, max(16, rows // 8 * 8)))
+        return int(min(AUTO_MAX_ROWS, max(16, rows // 8 * 8)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
     return chunk_size

@@ -61,9 +61,11 @@ class TopKLogprobs:
         return TopKLogprobs(self.ids.index_select(0, rows), self.logprobs.index_select(0, rows),
                             self.rest_mass.index_select(0, rows), self.vocab_size)
 
-    def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """``[stop - start, V]`` fp32 log-probs of rows ``start:stop`` (all rows by default)."""
+    def dense(self, start: int = 0, stop: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[stop - start, V]`` fp32 log-probs of rows ``start:stop`` (all rows by default), written
+        into ``out`` when given (the fused loop's reused buffer)."""
         stop = self.ids.shape[0] if stop is None else stop
-        out = torch.empty(stop - start, self.vocab_size, dtype=torch.float32, device=self.logprobs.device)
+        if out is None:
+            out = torch.empty(stop - start, self.vocab_size, dtype=torch.float32, device=self.logprobs.device)
         out.copy_(self._fill[start:stop, None].expand_as(out))
         return out.scatter_(1, self.ids[start:stop], self.logprobs[start:stop].float())

@@ -167,8 +167,8 @@ def test_auto_chunk_rows_bound_the_chunk_buffer():
     assert chunk_rows(100, 151936) == 100  # an int is taken as given
     assert chunk_rows("auto", 151936) == 104  # 64 MiB / (4 B x 151,936) = 110 rows, down to a multiple of 8
     assert chunk_rows("auto", 151936) * 151936 * 4 <= AUTO_CHUNK_BYTES
-    assert chunk_rows("auto", 32000) == 520
-    assert chunk_rows("auto", 512) == 1024  # small vocabularies: the cap
+    assert chunk_rows("auto", 32000) == 256  # the row cap: 520 by the buffer size alone
+    assert chunk_rows("auto", 512) == 256  # small vocabularies: the cap
     assert chunk_rows("auto", 10**8) == 16  # the floor
     for bad in (0, -1, "big", 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
@@ -180,3 +180,27 @@ def test_fused_auto_chunk_equals_full():
     want = get_loss("taid", t=0.4)(h @ w.T, th @ tw.T, mask)
     got = fused_distill_loss(h, w, th, tw, loss="taid", t=0.4, mask=mask, chunk_size="auto")
     assert float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_chunk_loop_allocates_its_rows_by_vocab_buffers_once(monkeypatch):
+    """Every [rows, V] tensor of the loop lives in two buffers made once per call: more chunks add
+    no [rows, V] allocation (on the CPU each fresh one is page-faulted in again)."""
+    import taid_vlm.losses._chunk as chunk_mod
+
+    made = []
+    real_empty = torch.empty
+
+    def counting_empty(*shape, **kw):
+        out = real_empty(*shape, **kw)
+        if out.dim() == 2 and out.shape[1] == V:
+            made.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(chunk_mod.torch, "empty", counting_empty)
+    h, w, th, tw, labels, mask = _inputs(10)
+    for chunk in (2, 5):
+        made.clear()
+        fused = fused_distill_loss(h, w, th, tw, loss="taid", t=0.4, mask=mask, chunk_size=chunk)
+        assert made == [(chunk, V), (chunk, V)]
+        want = get_loss("taid", t=0.4)(h @ w.T, th @ tw.T, mask)
+        assert float(fused) == pytest.approx(float(want), rel=1e-5)
