@@ -25,14 +25,8 @@ RECORDS = [(1, "What colour is the circle?", "The circle is red."), (2, "How man
 SIZES = [(40, 32), (32, 40), (32, 32), (48, 24)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Models this small gain nothing from a second intra-op thread on a shared CPU (see
-    # test_family_teachers_train.py for the measurement).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread: see one_thread in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mantis_records(image_dir, n_extra_images: int = 0) -> list[dict]:

@@ -31,14 +31,8 @@ QA = [("What colour is the circle?", "The circle is red."), ("How many shapes ar
       ("Is there a blue square?", "Yes."), ("Where is the triangle?", "The triangle is on the left.")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Models this small gain nothing from a second intra-op thread, and on a shared CPU its spin-waits
-    # made each run several times slower (measured: 9.4 s -> 3.3 s per family under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread: see one_thread in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

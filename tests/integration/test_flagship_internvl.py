@@ -26,13 +26,8 @@ from tests.unit.test_data_mantis import write_hub_layout
 from .conftest import read_jsonl
 from .test_family_students_train import check_parts_moved, mantis_records, run_config, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread: see one_thread in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
