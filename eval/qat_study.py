@@ -115,8 +115,9 @@ def _qat_overrides(cell: str, scheme: dict[str, Any]) -> dict[str, Any]:
     return {"student": {"quantization": dict(scheme)}} if CELLS[cell][1] else {}
 
 
-def pretrain_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{cell, seed, run, heldout_ppl}`` on the Lee raw-text set-up; the float TAID students
+def pretrain_task(args: argparse.Namespace, scheme: dict[str, Any]) -> tuple[list[dict[str, Any]], Path]:
+    """Rows ``{cell, seed, run, heldout_ppl}`` on the Lee raw-text set-up (``run`` relative to the
+    returned work folder, as the other studies record it); the float TAID students
     and the teacher are eval/pretrain_study.py's runs (reused when --work is that study's folder)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import pretrain_study as ps
@@ -143,12 +144,13 @@ def pretrain_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict
                     cfg["student"]["quantization"] = dict(scheme)
                 stage_train(run, cfg, f"{cell} s{seed}")
                 final = run / "final"
-            rows.append({"cell": cell, "seed": seed, "run": str(run), "heldout_ppl": packed_ppl(final, paths["heldout"])})
-    return rows
+            rows.append({"cell": cell, "seed": seed, "run": str(run.relative_to(work)),
+                         "heldout_ppl": packed_ppl(final, paths["heldout"])})
+    return rows, work
 
 
-def demo_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{cell, seed, run, vqa_accuracy, nll, cider}`` on the demo task (``Study``: its data,
+def demo_task(args: argparse.Namespace, scheme: dict[str, Any]) -> tuple[list[dict[str, Any]], Path]:
+    """Rows ``{cell, seed, run, vqa_accuracy, nll, cider}`` (``run`` relative to the study's work folder) on the demo task (``Study``: its data,
     shipped teacher M and students; the float TAID runs are eval/methods.py's when --work is shared)."""
     from taid_vlm.demo.studies import open_study
 
@@ -160,12 +162,12 @@ def demo_task(args: argparse.Namespace, scheme: dict[str, Any]) -> list[dict[str
             if cell == "ptq":
                 run = study.work / f"student_taid_s{seed}_ptq"
                 res = study.evaluate(ptq_copy(study.work / f"student_taid_s{seed}" / "final", run / "final", scheme))
-                res = {"method": cell, "seed": seed, "run": str(run), **res}
+                res = {"method": cell, "seed": seed, "run": str(run.relative_to(study.work)), **res}
             else:
                 res = study.student(loss, seed, teacher, name=f"qat_{loss}_s{seed}" if qat else None,
                                     overrides=_qat_overrides(cell, scheme))
             rows.append({**res, "cell": cell})
-    return rows
+    return rows, study.work
 
 
 METRICS = {"pretrain": ("heldout_ppl",), "demo": ("vqa_accuracy", "nll", "cider")}
@@ -276,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     tables = []
     for task in tasks:
-        rows = (pretrain_task if task == "pretrain" else demo_task)(args, scheme)
-        first = {r["cell"]: Path(r["run"]) / "final" for r in rows if r["seed"] == 0}
+        rows, base = (pretrain_task if task == "pretrain" else demo_task)(args, scheme)
+        first = {r["cell"]: base / r["run"] / "final" for r in rows if r["seed"] == 0}
         sizes = {cell: footprint(final, gen) for cell, final in first.items()}
         summary = summarise(rows, METRICS[task])
         results[task] = {"runs": rows, "summary": summary, "footprint_seed0": sizes}

@@ -33,3 +33,15 @@ def tiny_tokenizer():
     from taid_vlm.data.tokenizer import train_bpe_tokenizer
 
     return train_bpe_tokenizer(_CORPUS * 20, vocab_size=512)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Put os.environ back after every test: transformers' TrainingArguments (used by the Trainer and
+    TRL integration tests) exports ACCELERATE_MIXED_PRECISION, which later runs in the same process,
+    and the subprocesses they start, read as a launcher's bf16 setting."""
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)

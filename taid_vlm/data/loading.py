@@ -48,7 +48,8 @@ def record_options(dcfg: Any, source: Any) -> RecordOptions:
     return RecordOptions(image_root=root, allow_outside_root=dcfg.allow_absolute_paths, max_images=dcfg.max_images)
 
 
-def _open(dcfg: Any, source: Any, streaming: bool) -> Any:
+def open_source(dcfg: Any, source: Any, streaming: bool) -> Any:
+    """``source`` opened with the ``data`` section's options (split, cache, text column, subsets)."""
     return open_records(source, streaming=streaming, split=dcfg.split, cache_dir=dcfg.cache_dir,
                         text_column=dcfg.text_column, subset=dcfg.subset)
 
@@ -60,7 +61,7 @@ def _text_data(dcfg: Any, tokenizer: Any, report: DataReport, has_teacher: bool)
     from taid_vlm.data.packing import PackedCollator, count_packed, pack_dataset
 
     def packed(source: Any, streaming: bool) -> Any:
-        return pack_dataset(_open(dcfg, source, streaming), tokenizer, dcfg.max_length,
+        return pack_dataset(open_source(dcfg, source, streaming), tokenizer, dcfg.max_length,
                             text_column=dcfg.text_column, strict=dcfg.strict)
 
     def rows(ds: Any) -> Any:
@@ -105,8 +106,8 @@ def load_train_data(dcfg: Any, tokenizer: Any, report: DataReport, *, has_teache
         def to_items(ds: Any) -> Any:
             return StreamSamples(ds, fmt, opts, name, dcfg.strict)
 
-        return TrainData(None, _open(dcfg, dcfg.train, True), to_items, make_collate(), val)
+        return TrainData(None, open_source(dcfg, dcfg.train, True), to_items, make_collate(), val)
     if items is None:
-        items = LazySamples(_open(dcfg, dcfg.train, False), fmt, opts, name, dcfg.strict)
+        items = LazySamples(open_source(dcfg, dcfg.train, False), fmt, opts, name, dcfg.strict)
     report.count_read(len(items))
     return TrainData(items, None, None, make_collate(), val)

@@ -107,11 +107,10 @@ def preflight(dcfg: Any, seed: int = 0) -> DataReport | None:
     if not isinstance(dcfg.train, (str, Path)) or not Path(dcfg.train).exists():
         return None
     from taid_vlm.data.lazy import LazySamples
-    from taid_vlm.data.loading import record_options
-    from taid_vlm.data.sources import open_records
+    from taid_vlm.data.loading import open_source, record_options
 
     try:
-        ds = open_records(dcfg.train, split=dcfg.split, cache_dir=dcfg.cache_dir, text_column=dcfg.text_column)
+        ds = open_source(dcfg, dcfg.train, streaming=False)  # as the run opens it (data.subset included)
         fmt = "auto" if dcfg.format == "hf" else dcfg.format
         items = LazySamples(ds, fmt, record_options(dcfg, dcfg.train), Path(dcfg.train).name, dcfg.strict)
     except (ValueError, RecursionError, OSError) as err:  # not records at all: empty, not JSON, too deep
