@@ -35,13 +35,19 @@ def tiny_tokenizer():
     return train_bpe_tokenizer(_CORPUS * 20, vocab_size=512)
 
 
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    """Put os.environ back after every test: transformers' TrainingArguments (used by the Trainer and
-    TRL integration tests) exports ACCELERATE_MIXED_PRECISION, which later runs in the same process,
-    and the subprocesses they start, read as a launcher's bf16 setting."""
+
+def _environ_restored():
     before = dict(os.environ)
     yield
     if os.environ != before:
         os.environ.clear()
         os.environ.update(before)
+
+
+# Put os.environ back after every test and every module (module-scoped fixtures run before a test's
+# own): transformers' TrainingArguments (the Trainer and TRL integration tests) exports
+# ACCELERATE_MIXED_PRECISION, which later runs in the same process, and the subprocesses they start,
+# read as a launcher's bf16 setting.
+_restore_environ_per_module = pytest.fixture(scope="module", autouse=True, name="_restore_environ_per_module")(
+    _environ_restored)
+_restore_environ = pytest.fixture(autouse=True, name="_restore_environ")(_environ_restored)

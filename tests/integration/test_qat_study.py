@@ -41,7 +41,7 @@ def test_qat_study_quick(demo_tiny, tmp_path):
         assert d[("qat_taid", "ptq")][metric] == pytest.approx(by["qat_taid"] - by["ptq"])
     # PTQ is the float TAID student quantized: same run, different weights file.
     demo = rep["tasks"]["demo"]["runs"]
-    ptq = Path(next(r["run"] for r in demo if r["cell"] == "ptq")) / "final"
+    ptq = demo_tiny / next(r["run"] for r in demo if r["cell"] == "ptq") / "final"  # runs are relative to --work
     assert json.loads((ptq / "quantization.json").read_text())["quantized_linears"] > 0
     assert (tmp_path / "out" / "qat_study.png").is_file() and "(d) QAT + TAID" in (tmp_path / "out" / "qat_study.md").read_text()
 
