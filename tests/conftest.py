@@ -44,10 +44,18 @@ def _environ_restored():
         os.environ.update(before)
 
 
-# Put os.environ back after every test and every module (module-scoped fixtures run before a test's
-# own): transformers' TrainingArguments (the Trainer and TRL integration tests) exports
-# ACCELERATE_MIXED_PRECISION, which later runs in the same process, and the subprocesses they start,
-# read as a launcher's bf16 setting.
-_restore_environ_per_module = pytest.fixture(scope="module", autouse=True, name="_restore_environ_per_module")(
-    _environ_restored)
+# Put os.environ back after every test: transformers' TrainingArguments (the Trainer and TRL
+# integration tests) exports ACCELERATE_MIXED_PRECISION, which later runs in the same process, and the
+# subprocesses they start, read as a launcher's bf16 setting.
 _restore_environ = pytest.fixture(autouse=True, name="_restore_environ")(_environ_restored)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_process_state_per_module():
+    """Each module starts as a fresh process would: module-scoped fixtures (which run before a test's
+    own) get os.environ back, and accelerate's process-wide AcceleratorState, which a Trainer built
+    in bf16 leaves behind and a later ``Accelerator(mixed_precision=None)`` silently reuses, is reset."""
+    yield from _environ_restored()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
