@@ -2,6 +2,7 @@
 
     python eval/tour_times.py --workdir /tmp/tour            # every tour command, full length
     python eval/tour_times.py --workdir /tmp/tour --startup  # only the start-up commands
+    python eval/tour_times.py --workdir /tmp/tour --start 5  # go on from the 6th tour command
 
 Start-up: ``taid-vlm --help``, ``taid-vlm train RECIPE train.lrr=1`` (an unknown key), the same
 with ``loss.name=taidd`` (the loss registry imports torch), ``taid-vlm plan`` of the 1.5B recipe;
@@ -9,7 +10,9 @@ each a fresh process, 3 times, all numbers kept. Tour: every ``taid-vlm`` / ``ac
 line of the README's bash blocks, run as written (full length, no overrides) in ``--workdir`` with
 a copy of ``configs/``, one after another; the first failure stops the tour (later commands need
 its outputs). Writes ``tour_times.json`` to --output as it goes, with the machine's load average
-before each command: the machine may be shared, and contention inflates wall time.
+before each command: the machine may be shared, and contention inflates wall time. ``--start N``
+goes on in a --workdir that holds the outputs of the first N commands (a tour stopped part-way) and
+keeps the rows already in the JSON for those N.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--output", default=str(ROOT / "eval" / "results"))
     ap.add_argument("--startup", action="store_true", help="only the start-up commands")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip the first N tour commands (their outputs must be in --workdir already); "
+                         "the JSON keeps its rows for them")
     args = ap.parse_args(argv)
     from taid_vlm.demo.studies import provenance
 
@@ -62,11 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {**provenance(argv if argv is not None else sys.argv[1:], "eval/tour_times.py"),
               "cpu_count": os.cpu_count(), "startup": [], "tour": []}
-    for cmd in STARTUP:
+    commands = [] if args.startup else tour_commands()
+    if args.start:
+        if not out.is_file():
+            ap.error(f"--start {args.start}: {out} holds no earlier rows to keep")
+        earlier = json.loads(out.read_text())
+        kept = [r for r in earlier.get("tour", []) if r["command"] in commands[:args.start]]
+        if [r["command"] for r in kept] != commands[:args.start]:
+            ap.error(f"--start {args.start}: {out} does not hold rows for the first {args.start} commands")
+        report["tour"], report["startup"] = kept, earlier.get("startup", [])
+        report["earlier_rows_from"] = {k: earlier.get(k) for k in ("date", "command", "machine")}
+    for cmd in [] if args.start else STARTUP:
         runs = [timed([str(BIN / "taid-vlm"), *cmd], work) for _ in range(3)]
         report["startup"].append({"command": "taid-vlm " + " ".join(cmd), "runs": runs})
         out.write_text(json.dumps(report, indent=2))
-    for line in [] if args.startup else tour_commands():
+    for line in commands[args.start:]:
         argv_ = shlex.split(line)
         argv_[0] = str(BIN / argv_[0])
         row = {"command": line, **timed(argv_, work)}

@@ -9,11 +9,15 @@ as a block per loss name, checked by the loss classes themselves.
 from __future__ import annotations
 
 import difflib
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
+# The registry's built-in loss names (taid_vlm.losses.registry.LOSS_NAMES; a test keeps the two
+# equal), so that a misspelt loss is refused before torch is imported.
+BUILTIN_LOSSES = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid")
 
 
 class ConfigError(ValueError):
@@ -317,22 +321,27 @@ class LossConfig:
     __extra_keys_field__ = "options"
 
     def check(self) -> None:
-        from taid_vlm.losses import LOSSES, OptionError, get_loss
+        # Names and ranges first, without torch (the loss registry is torch code, ~5 s to import):
+        # a typo answers at once. A loss registered by a user went through the registry, so when it
+        # is imported its live names are the valid ones.
+        registry = sys.modules.get("taid_vlm.losses.registry")
+        known = list(registry.LOSSES) if registry else list(BUILTIN_LOSSES)
+        names = ", ".join(known)
+        close = difflib.get_close_matches(str(self.name), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        _check(self.name in known, "loss.name", f"unknown loss {self.name!r}; {hint}valid: {names}")
+        _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
+        for loss_name, opts in self.options.items():
+            _check(loss_name in known, f"loss.{loss_name}",
+                   f"unknown key: neither a loss.* field nor a loss name ({names})")
+            _check(isinstance(opts, dict), f"loss.{loss_name}", "expected a mapping of that loss's options")
+        from taid_vlm.losses import OptionError, get_loss
         from taid_vlm.losses.fused import chunk_rows
 
-        names = ", ".join(LOSSES)  # the live registry: a loss registered by a user is valid here too
-        close = difflib.get_close_matches(str(self.name), list(LOSSES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        _check(self.name in LOSSES, "loss.name", f"unknown loss {self.name!r}; {hint}valid: {names}")
-        _check(0.0 <= self.distil_ratio <= 1.0, "loss.distil_ratio", f"must be in [0, 1], got {self.distil_ratio}")
         try:
             chunk_rows(self.chunk_size, 1)  # the fused loop's own check of an int >= 1 or "auto"
         except ValueError:
             _check(False, "loss.chunk_size", f"must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
-        for loss_name, opts in self.options.items():
-            _check(loss_name in LOSSES, f"loss.{loss_name}",
-                   f"unknown key: neither a loss.* field nor a loss name ({names})")
-            _check(isinstance(opts, dict), f"loss.{loss_name}", "expected a mapping of that loss's options")
         # The loss classes are the one place that knows their options and ranges: build each block's
         # loss (cheap, no weights). The chosen loss gets `temperature` too; other blocks alone.
         for loss_name in {self.name, *self.options}:

@@ -71,17 +71,23 @@ class Shape:
 
 
 def hf_config_dict(path_or_name: str) -> dict[str, Any]:
-    """``config.json`` of a local model dir, the HF cache, or the copy shipped for the recipes."""
+    """``config.json`` of a local model dir or the HF cache, else the copy shipped for the recipes,
+    else the hub. The shipped copy comes before the hub: without a network the hub client retries
+    for ~45 s per model before it gives up (HF_HUB_OFFLINE unset), and the copies are those models'."""
     from transformers import AutoConfig
 
     try:
+        return AutoConfig.from_pretrained(path_or_name, local_files_only=True).to_dict()
+    except Exception:  # noqa: BLE001 - not local, not cached
+        pass
+    shipped = _SHIPPED / (path_or_name.replace("/", "--") + ".json")
+    if shipped.is_file():
+        return json.loads(shipped.read_text())
+    try:
         return AutoConfig.from_pretrained(path_or_name).to_dict()
-    except Exception:  # noqa: BLE001 - offline and not cached: try the shipped copies
-        shipped = _SHIPPED / (path_or_name.replace("/", "--") + ".json")
-        if shipped.is_file():
-            return json.loads(shipped.read_text())
-        raise ConfigError(f"{path_or_name!r}: no config.json found (local dir, HF cache or "
-                          f"{_SHIPPED.name}/); download the model's config.json to plan with it") from None
+    except Exception:  # noqa: BLE001 - offline, or no such model
+        raise ConfigError(f"{path_or_name!r}: no config.json found (local dir, HF cache, "
+                          f"{_SHIPPED.name}/ or the hub); download the model's config.json to plan with it") from None
 
 
 def _meta(build: Any) -> Any:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from taid_vlm.cli import main
+from taid_vlm.config import ConfigError
 from taid_vlm.config_io import config_from_dict
 from taid_vlm.train.plan import model_shape, parse_size, placement_memory
 
@@ -157,3 +158,25 @@ def test_flagship_pair_counts_as_published(capsys):
     assert main(["plan", "configs/taid_vlm_2b.yaml", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert head.startswith("student 2.089B params (1.785B trained), teacher 7.944B")
+
+
+def test_a_shipped_config_is_read_before_the_hub_is_asked(monkeypatch):
+    """Without a network and HF_HUB_OFFLINE unset, asking the hub costs ~45 s of retries per model:
+    the plan reads local files and the cache, then the shipped copy, and asks the hub only when
+    neither has the model."""
+    import transformers
+
+    from taid_vlm.train import plan
+
+    calls = []
+
+    def from_pretrained(name, **kw):
+        calls.append(kw.get("local_files_only", False))
+        raise OSError("not here")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    d = plan.hf_config_dict("Qwen/Qwen2-1.5B-Instruct")
+    assert d["model_type"] == "qwen2" and calls == [True]
+    with pytest.raises(ConfigError, match="no config.json found"):
+        plan.hf_config_dict("nobody/no-such-model")
+    assert calls == [True, True, False]
