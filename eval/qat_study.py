@@ -24,6 +24,7 @@ with other jobs: speeds are indicative). Writes ``qat_study.{json,md,png}`` to -
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -251,6 +252,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _earlier_tasks(path: Path, scheme: dict[str, Any], keep: set[str]) -> dict[str, Any]:
+    """The entries of ``keep`` in an earlier ``qat_study.json`` made with the same scheme, each given
+    its own provenance (a file written before per-task provenance: the file's)."""
+    if not keep or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("scheme") != scheme:
+        return {}
+    own = {k: earlier.get(k) for k in ("command", "date", "machine")}
+    return {task: {"seeds": earlier.get("seeds"), "gen_tokens": earlier.get("gen_tokens"), "provenance": own, **r}
+            for task, r in earlier.get("tasks", {}).items() if task in keep}
+
+
 def main(argv: list[str] | None = None) -> int:
     from taid_vlm.demo.studies import provenance, write_study
 
@@ -275,17 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     gen = args.gen_tokens or (8 if args.quick else 64)
     scheme = {**SCHEME, "group_size": 16} if args.quick else dict(SCHEME)
     tasks = ("pretrain", "demo") if args.task == "both" else (args.task,)
-    results: dict[str, Any] = {}
-    tables = []
+    here = provenance(argv, "eval/qat_study.py")
+    # One task at a time keeps the other task's results already in --output (each task's entry
+    # carries the command, date and machine that made it).
+    results = _earlier_tasks(Path(args.output) / "qat_study.json", scheme, keep=set(METRICS) - set(tasks))
     for task in tasks:
         rows, base = (pretrain_task if task == "pretrain" else demo_task)(args, scheme)
         first = {r["cell"]: base / r["run"] / "final" for r in rows if r["seed"] == 0}
         sizes = {cell: footprint(final, gen) for cell, final in first.items()}
         summary = summarise(rows, METRICS[task])
-        results[task] = {"runs": rows, "summary": summary, "footprint_seed0": sizes}
-        tables.append(f"## {task}\n\n" + task_table(task, summary, sizes))
-    report = {**provenance(argv, "eval/qat_study.py"), "scheme": scheme, "gen_tokens": gen, "seeds": args.seeds,
-              "tasks": results}
+        results[task] = {"runs": rows, "summary": summary, "footprint_seed0": sizes, "seeds": args.seeds,
+                         "gen_tokens": gen, "provenance": here}
+    tables = [f"## {task}\n\n`{r['provenance']['command']}`, {r['provenance']['date']}\n\n"
+              + task_table(task, r["summary"], r["footprint_seed0"]) for task, r in results.items()]
+    report = {**here, "scheme": scheme, "gen_tokens": gen, "seeds": args.seeds, "tasks": results}
     out = write_study(args.output, "qat_study", "Quantization-aware distillation (int8 dynamic / int4 weights)",
                       report, "\n\n".join(tables))
     plot(results, out / "qat_study.png")

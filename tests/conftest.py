@@ -27,6 +27,18 @@ _CORPUS = [
 ]
 
 
+def load_eval_script(name: str):
+    """``eval/NAME.py`` imported as a module (the eval scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "eval" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer (ChatML template, ``<image>`` token) trained here in ~1 s."""

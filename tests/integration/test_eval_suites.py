@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-EVAL = Path(__file__).resolve().parents[2] / "eval"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"eval_{name}", EVAL / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_eval_script
 
 
 def _run(name: str, work: Path, out: Path, *extra: str) -> dict:
-    assert _script(name).main(["--quick", "--work", str(work), "--output", str(out), *extra]) == 0
+    assert load_eval_script(name).main(["--quick", "--work", str(work), "--output", str(out), *extra]) == 0
     return json.loads((out / f"{name}.json").read_text())
 
 
@@ -40,7 +32,7 @@ def test_methods_quick(demo_tiny, tmp_path):
 
 
 def test_methods_pairs_every_method_with_sft_taid_with_every_loss_and_the_top_two():
-    methods = _script("methods")
+    methods = load_eval_script("methods")
     vqa = {"sft": [50, 51], "fkl": [55, 57], "dkd": [58, 60], "taid": [54, 53]}
     rows = [{"method": m, "seed": s, "vqa_accuracy": v, "nll": 1.0 - v / 100} for m, vs in vqa.items()
             for s, v in enumerate(vs)]
@@ -108,7 +100,7 @@ def test_capacity_gap_quick(demo_tiny, tmp_path):
 
 
 def test_capacity_gap_pairs_each_teacher_step_by_seed():
-    gap = _script("capacity_gap")
+    gap = load_eval_script("capacity_gap")
     nll = {("taid", "M"): [0.50, 0.55], ("taid", "L"): [0.47, 0.52], ("fkl", "M"): [0.48, 0.53],
            ("fkl", "L"): [0.51, 0.55]}
     runs = [{"method": m, "teacher": t, "seed": s, "vqa_accuracy": 50.0 + s, "nll": v}

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-EVAL = Path(__file__).resolve().parents[2] / "eval"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"eval_{name}", EVAL / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_eval_script
 
 
 def test_qat_study_quick(demo_tiny, tmp_path):
     try:  # the pre-training task needs the Lee corpus (gensim's wheel); the demo task does not
-        _script("pretrain_study").find_corpus()
+        load_eval_script("pretrain_study").find_corpus()
         task = "both"
     except Exception:  # noqa: BLE001 - no corpus reachable: the demo task alone
         task = "demo"
-    study = _script("qat_study")
+    study = load_eval_script("qat_study")
     assert study.main(["--quick", "--task", task, "--work", str(tmp_path / "w"), "--demo-work", str(demo_tiny),
                        "--data", str(tmp_path / "lee"), "--output", str(tmp_path / "out")]) == 0
     rep = json.loads((tmp_path / "out" / "qat_study.json").read_text())
@@ -47,7 +38,7 @@ def test_qat_study_quick(demo_tiny, tmp_path):
 
 
 def test_summary_pairs_by_seed_with_t_intervals():
-    study = _script("qat_study")
+    study = load_eval_script("qat_study")
     rows = [{"cell": c, "seed": s, "heldout_ppl": v} for c, vs in {"ptq": [10.0, 12.0], "qat_taid": [9.0, 10.0]}.items()
             for s, v in enumerate(vs)]
     out = study.summarise(rows, ("heldout_ppl",))
@@ -55,3 +46,17 @@ def test_summary_pairs_by_seed_with_t_intervals():
     (d,) = out["differences"]
     assert (d["a"], d["b"]) == ("qat_taid", "ptq") and d["heldout_ppl_diffs"] == [-1.0, -2.0]
     assert d["heldout_ppl"] == -1.5 and d["heldout_ppl_ci95"] == pytest.approx(12.706 * 0.5 ** 0.5 / 2 ** 0.5, rel=1e-3)
+
+
+def test_one_task_keeps_the_other_task_s_results(tmp_path):
+    study = load_eval_script("qat_study")
+    path = tmp_path / "qat_study.json"
+    earlier = {"command": "python eval/qat_study.py --task pretrain", "date": "d0", "machine": "m0",
+               "scheme": dict(study.SCHEME), "seeds": 3, "gen_tokens": 64,
+               "tasks": {"pretrain": {"runs": [1]}, "demo": {"runs": [2]}}}
+    path.write_text(json.dumps(earlier))
+    kept = study._earlier_tasks(path, dict(study.SCHEME), keep={"pretrain"})
+    assert list(kept) == ["pretrain"] and kept["pretrain"]["runs"] == [1]
+    assert kept["pretrain"]["provenance"]["command"] == earlier["command"] and kept["pretrain"]["seeds"] == 3
+    # Another scheme's results are not mixed in.
+    assert study._earlier_tasks(path, {**study.SCHEME, "group_size": 16}, keep={"pretrain"}) == {}

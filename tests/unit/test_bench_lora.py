@@ -3,23 +3,13 @@ ones peft trains, and the study's rows are the recipes it says."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_eval_script
 
 
 def test_bench_lora_counts_and_measures_each_row():
-    bench = _load("bench_lora")
+    bench = load_eval_script("bench_lora")
     spec = {**bench.configurations(quick=True)[0], "rows": ["full", "lora"], "warmup": 1}
     res = bench.run_config(spec, rounds=1)
     full, lora = res["rows"]["full"], res["rows"]["lora"]
@@ -37,7 +27,7 @@ def test_bench_lora_counts_and_measures_each_row():
 def test_lora_study_rows_start_from_the_base(tmp_path):
     from taid_vlm.config_io import config_from_dict
 
-    study = _load("lora_study")
+    study = load_eval_script("lora_study")
     ps = study._pretrain_study()
     paths = {"tokenizer": "tok", "student": "s.txt", "heldout": "h.txt"}
     cfgs = {row: config_from_dict(study.row_config(ps, tmp_path / row, paths, tmp_path / "base", row, 1, 7,
@@ -51,4 +41,4 @@ def test_lora_study_rows_start_from_the_base(tmp_path):
 
 @pytest.mark.parametrize("name", ["bench_lora", "lora_study"])
 def test_scripts_have_entry_points(name):
-    assert callable(_load(name).main)
+    assert callable(load_eval_script(name).main)

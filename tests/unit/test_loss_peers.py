@@ -1,23 +1,15 @@
 """The peer rows of bench_losses: same inputs, same divergence, a missing peer skipped with a note."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_eval_script
 
 
 def test_ours_and_full_rows_agree_on_the_same_inputs():
-    peers = _load("loss_peers")
+    peers = load_eval_script("loss_peers")
     for group in peers.GROUPS:
         x = peers.inputs(24, 50, 8, "cpu")
         full = peers.make_step(group, "full", *x)
@@ -29,7 +21,7 @@ def test_ours_and_full_rows_agree_on_the_same_inputs():
 
 def test_liger_jsd_matches_our_gjsd():
     pytest.importorskip("liger_kernel")
-    peers = _load("loss_peers")
+    peers = load_eval_script("loss_peers")
     x = peers.inputs(24, 50, 8, "cpu")
     ours, g_ours = peers.make_step("jsd", "fused", *x)(), x[0].grad.clone()
     liger, g_liger = peers.make_step("jsd", "liger", *x, compiled=False)(), x[0].grad.clone()
@@ -38,7 +30,7 @@ def test_liger_jsd_matches_our_gjsd():
 
 
 def test_missing_peer_gives_a_note(monkeypatch):
-    peers = _load("loss_peers")
+    peers = load_eval_script("loss_peers")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "liger_kernel" else real(n, *a))
     assert "liger_kernel is not installed" in peers.missing("liger")
