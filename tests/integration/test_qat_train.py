@@ -83,3 +83,36 @@ def test_bad_quantization_settings_name_the_field(tmp_path, run_env, capsys, ove
     assert main(["train", str(cfg), *QAT, override]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_qat_with_a_merged_lora_student_through_the_cli(tmp_path, run_env):
+    """LoRA on the fake-quantized base: ``final/`` is the adapter, ``final/merged`` the merged student
+    converted to the real quantized model, which transformers loads and generates with."""
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    _train(tmp_path / "lora", run_env, "student.peft.r=4", "student.peft.merge=true", "student.train_vision=false")
+    final = tmp_path / "lora" / "out" / "final"
+    assert (final / "adapter_config.json").is_file()
+    merged = final / "merged"
+    report = json.loads((merged / "quantization.json").read_text())
+    assert report["quantized_linears"] > 0 and report["quantized_weight_bytes"] < report["float_weight_bytes"]
+    model = AutoModelForImageTextToText.from_pretrained(str(merged))
+    layer = model.model.language_model.layers[0]
+    assert isinstance(layer.mlp.down_proj.weight, IntxUnpackedToInt8Tensor)
+    assert not any("lora" in n for n, _ in model.named_parameters())  # merged, nothing of peft left
+    proc = AutoProcessor.from_pretrained(str(merged))
+    ids = proc.tokenizer("a red square", return_tensors="pt").input_ids
+    out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 5 or proc.tokenizer.eos_token_id in out[0, ids.shape[1]:]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["student.peft.r=4", "student.peft.merge=false"], "must be merged"),
+    (["student.peft.r=4", "student.peft.merge=true", "student.peft.load_in_4bit=true"], "QLoRA's base"),
+])
+def test_qat_refuses_an_adapter_it_cannot_ship(tmp_path, run_env, capsys, extra, message):
+    cfg = write_config(tmp_path / "c.yaml", run_env)
+    assert main(["train", str(cfg), *QAT, *extra]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
