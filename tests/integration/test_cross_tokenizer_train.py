@@ -164,12 +164,9 @@ def test_cache_of_another_teacher_tokenizer_is_refused_naming_the_setting(tmp_pa
 
 
 def test_cross_tokenizer_study_quick(tmp_path):
-    import importlib.util
+    from tests.conftest import load_eval_script
 
-    script = Path(__file__).resolve().parents[2] / "eval" / "cross_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("eval_cross_tokenizer", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_eval_script("cross_tokenizer")
     assert mod.main(["--quick", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out")]) == 0
     rep = json.loads((tmp_path / "out" / "cross_tokenizer.json").read_text())
     runs = [rs[0] for rs in rep["runs"].values()]  # one seed in --quick

@@ -1,17 +1,13 @@
 """The encoding-cache benchmark in quick mode: same batches with and without the cache, and the
 cache serves every draw after the first of each record."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_eval_script
 
 
 def test_quick_benchmark_gives_identical_batches_and_counts_hits(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_encode_cache", ROOT / "eval" / "bench_encode_cache.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_eval_script("bench_encode_cache")
     # The tiny preset: 400 records, batch 16; 30 steps draw 480, so 80 draws repeat a record.
     assert mod.main(["--quick", "--steps", "30", "--work", str(tmp_path / "w"), "--output", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench_encode_cache.json").read_text())

@@ -1,17 +1,12 @@
 """The loss benchmark runs end to end in quick mode and writes its report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_eval_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_losses", ROOT / "eval" / "bench_losses.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_eval_script("bench_losses")
 
 
 def test_quick_benchmark_writes_json_and_png(tmp_path):

@@ -1,17 +1,12 @@
 """The step benchmark runs end to end in quick mode: every row, ratios to the floor, JSON and PNG."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_eval_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_step", ROOT / "eval" / "bench_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_eval_script("bench_step")
 
 
 def test_quick_benchmark_writes_rows_with_ratios_to_the_floor(tmp_path):
