@@ -3,6 +3,7 @@
     python eval/tour_times.py --workdir /tmp/tour            # every tour command, full length
     python eval/tour_times.py --workdir /tmp/tour --startup  # only the start-up commands
     python eval/tour_times.py --workdir /tmp/tour --start 5  # go on from the 6th tour command
+    python eval/tour_times.py --markdown                     # the README's table from the JSON
 
 Start-up: ``taid-vlm --help``, ``taid-vlm train RECIPE train.lrr=1`` (an unknown key), the same
 with ``loss.name=taidd`` (the loss registry imports torch), ``taid-vlm plan`` of the 1.5B recipe;
@@ -50,15 +51,34 @@ def timed(argv: list[str], cwd: Path) -> dict:
             "stderr_tail": proc.stderr[-300:] if proc.returncode not in (0, 1, 2) else ""}
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def markdown(report: dict) -> str:
+    """The tour as a Markdown table: each command, its wall time and the load average before it."""
+    rows = ["| command | wall time | 1-min load before |", "|---|---|---|"]
+    for r in report["tour"]:
+        status = "" if r["returncode"] == 0 else f" (exit {r['returncode']})"
+        rows.append(f"| `{r['command']}` | {_duration(r['seconds'])}{status} | {r['load_1min_before']:.1f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--workdir")
     ap.add_argument("--output", default=str(ROOT / "eval" / "results"))
     ap.add_argument("--startup", action="store_true", help="only the start-up commands")
     ap.add_argument("--start", type=int, default=0,
                     help="skip the first N tour commands (their outputs must be in --workdir already); "
                          "the JSON keeps its rows for them")
+    ap.add_argument("--markdown", action="store_true", help="print the tour table of --output's tour_times.json")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads((Path(args.output) / "tour_times.json").read_text())))
+        return 0
+    if not args.workdir:
+        ap.error("--workdir is required to time the commands")
     from taid_vlm.demo.studies import provenance
 
     work = Path(args.workdir)
