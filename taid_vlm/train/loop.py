@@ -312,8 +312,10 @@ class Trainer:
             (final / "metrics.json").write_text(json.dumps({"metrics": metrics, "data_report": report}, indent=2))
             if hasattr(p.report, "summary"):
                 self.log.info(p.report.summary())
-        self.log.close()
         acc.wait_for_everyone()
+        # Last: with a tracker this is accelerate's end_training, which destroys the process group
+        # (a barrier after it failed on rank 0, exit 1 after the student was saved).
+        self.log.close()
 
 
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:

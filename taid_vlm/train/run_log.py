@@ -61,7 +61,9 @@ class RunLogger:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        if self.enabled and self.tensorboard:
+        """Stop the trackers: ``end_training`` on every process, as accelerate requires (it finishes
+        the main process's trackers and destroys the process group, a collective step)."""
+        if self.tensorboard:
             self.acc.end_training()
 
 
