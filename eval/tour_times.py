@@ -48,7 +48,7 @@ def timed(argv: list[str], cwd: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return {"seconds": round(time.perf_counter() - t0, 2), "returncode": proc.returncode, "load_1min_before": load,
-            "stderr_tail": proc.stderr[-300:] if proc.returncode not in (0, 1, 2) else ""}
+            "stderr_tail": proc.stderr[-1500:] if proc.returncode != 0 else ""}
 
 
 def _duration(seconds: float) -> str:

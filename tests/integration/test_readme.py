@@ -42,7 +42,10 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     for cmd in readme_commands():
         if cmd[0] == "accelerate":
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            full = [launcher, *cmd[1:3], "--main_process_port", "29531", *cmd[3:], *FAST]
+            # Trackers as configured here (a subprocess: nothing leaks into this one): the tour's DDP
+            # line once exited 1 at the end only because of its tensorboard tracker.
+            full = [launcher, *cmd[1:3], "--main_process_port", "29531", *cmd[3:],
+                    *[o for o in FAST if not o.startswith("logging.report_to")]]
             proc = subprocess.run(full, env=env, capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, (cmd, proc.stderr[-3000:])
             continue
