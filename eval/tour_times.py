@@ -6,7 +6,7 @@
     python eval/tour_times.py --markdown                     # the README's table from the JSON
 
 Start-up: ``taid-vlm --help``, ``taid-vlm train RECIPE train.lrr=1`` (an unknown key), the same
-with ``loss.name=taidd`` (the loss registry imports torch), ``taid-vlm plan`` of the 1.5B recipe;
+with ``loss.name=taidd`` (checked against a torch-free name list), ``taid-vlm plan`` of the 1.5B recipe;
 each a fresh process, 3 times, all numbers kept. Tour: every ``taid-vlm`` / ``accelerate launch``
 line of the README's bash blocks, run as written (full length, no overrides) in ``--workdir`` with
 a copy of ``configs/``, one after another; the first failure stops the tour (later commands need
