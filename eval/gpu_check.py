@@ -22,6 +22,8 @@ On the GPUs present (tiny random-weight models, a synthetic set, a few steps eac
    fused TAID, and the peer rows: Liger-Kernel's chunked JSD, Cut Cross-Entropy's Triton kernel),
    timed by CUDA-synchronised wall clock and ``max_memory_allocated``; ok when every row ran. With
    ``--cpu-smoke`` it runs bench_losses' quick shapes in bf16 on the CPU (no peers).
+11. ``compiled_taid_kernel``: the torch.compile'd TAID kernel (``losses/_compiled.py``, Triton on the
+   GPU) against the eager one at 256 x 151,936 in fp32: values and gradient agree, both timed.
 
 Each check records ok / error and its numbers; the exit status is 0 only if all ran checks pass.
 """
@@ -139,6 +141,39 @@ def _fsdp_args(n: int) -> list[str]:
             "--fsdp_reshard_after_forward", "true"]
 
 
+def compiled_kernel(device: str, rows: int) -> dict:
+    """The torch.compile'd TAID kernel (Triton on a GPU) against the eager one at V = 151,936, fp32:
+    values and gradient within fp32 summation-order tolerance, and both times (median of 5)."""
+    import torch
+
+    from taid_vlm.losses import _compiled
+    from taid_vlm.losses.taid import taid_value_and_grad
+
+    g = torch.Generator(device=device).manual_seed(0)
+    s = torch.log_softmax(torch.randn(rows, 151936, device=device, generator=g) * 3, -1)
+    t = torch.randn(rows, 151936, device=device, generator=g) * 3
+    out, times = {}, {}
+    for mode in ("0", "1"):
+        os.environ["TAID_VLM_COMPILE"] = mode
+        runs = []
+        for _ in range(6):  # the first compiles
+            tb = t.clone()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            kl, ce, grad = taid_value_and_grad(s, tb, 0.4, 1.0, True, True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t0)
+        out[mode], times[mode] = (kl, ce, grad), sorted(runs[1:])[2]
+    os.environ.pop("TAID_VLM_COMPILE")
+    diff = {k: float((a - b).abs().max()) for k, a, b in zip(("kl", "ce", "grad"), out["0"], out["1"])}
+    ok = (not _compiled._STATE["failed"] and diff["kl"] < 1e-3 * max(1.0, float(out["0"][0].abs().max()))
+          and diff["grad"] < 1e-5)
+    return {"ok": ok, "rows": rows, "max_abs_diff": diff, "eager_s": times["0"], "compiled_s": times["1"],
+            "compile_failed": bool(_compiled._STATE["failed"])}
+
+
 def run_checks(work: Path, steps: int, timeout: int, cpu_smoke: bool = False) -> dict:
     import torch
 
@@ -188,6 +223,7 @@ def run_checks(work: Path, steps: int, timeout: int, cpu_smoke: bool = False) ->
                 "peers": report["peers"], "cases": report["cases"]}
 
     check("loss_rows_bf16", loss_rows)
+    check("compiled_taid_kernel", lambda: compiled_kernel("cpu" if cpu_smoke else "cuda", 32 if cpu_smoke else 256))
     if cpu_smoke:  # the script's own plumbing, on a machine without GPUs
         res["ok"] = all(c.get("ok") is not False for c in res["checks"].values())
         return res

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from taid_vlm.losses import closed_form as CF
 from taid_vlm.losses import divergences as D
 from taid_vlm.losses._validate import OptionError, check_range
 from taid_vlm.losses.base import DistillLoss
@@ -18,6 +19,12 @@ def _no_temperature(name: str, temperature: float) -> None:
     if float(temperature) != 1.0:
         raise OptionError("temperature", f"temperature: {name} takes no temperature (got {temperature}); "
                                          "leave it at 1.0")
+
+
+def _closed(loss: DistillLoss, body, s, t, need_grad: bool, student_logprobs: bool):
+    """``value_and_grad``'s return for a divergence with a closed form in ``closed_form.py``."""
+    vals, grad = CF.run_blocks(s, t, loss.temperature, student_logprobs, need_grad, body)
+    return vals, {}, grad, ([] if need_grad else None)
 
 
 class SFTLoss(DistillLoss):
@@ -55,6 +62,9 @@ class ReverseKLLoss(DistillLoss):
     def per_token(self, student_logits, teacher_logits, labels):
         return D.rkl_per_token(*self._tempered(student_logits, teacher_logits))
 
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        return _closed(self, CF.rkl, student_logits, teacher_logits, need_grad, student_logprobs)
+
 
 class TVDLoss(DistillLoss):
     """Total variation distance 0.5 * sum |p - q|."""
@@ -63,6 +73,9 @@ class TVDLoss(DistillLoss):
 
     def per_token(self, student_logits, teacher_logits, labels):
         return D.tvd_per_token(*self._tempered(student_logits, teacher_logits))
+
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        return _closed(self, CF.tvd, student_logits, teacher_logits, need_grad, student_logprobs)
 
 
 class GJSDLoss(DistillLoss):
@@ -77,6 +90,9 @@ class GJSDLoss(DistillLoss):
     def per_token(self, student_logits, teacher_logits, labels):
         return D.gjsd_per_token(*self._tempered(student_logits, teacher_logits), self.beta)
 
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        return _closed(self, CF.gjsd(self.beta), student_logits, teacher_logits, need_grad, student_logprobs)
+
 
 class SkewFKLLoss(DistillLoss):
     """DistiLLM skew forward KL with skew ``alpha`` in [0, 1]."""
@@ -90,6 +106,16 @@ class SkewFKLLoss(DistillLoss):
     def per_token(self, student_logits, teacher_logits, labels):
         return D.skew_fkl_per_token(*self._tempered(student_logits, teacher_logits), self.alpha)
 
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        if self.alpha == 0.0:  # plain forward KL
+            kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad,
+                                                 student_logprobs)
+            return kl, {}, grad, ([] if need_grad else None)
+        return _closed(self, self._body(), student_logits, teacher_logits, need_grad, student_logprobs)
+
+    def _body(self):
+        return CF.zero if self.alpha == 1.0 else CF.skew_fkl(self.alpha)
+
 
 class SkewRKLLoss(SkewFKLLoss):
     """DistiLLM skew reverse KL with skew ``alpha`` in [0, 1]."""
@@ -98,6 +124,12 @@ class SkewRKLLoss(SkewFKLLoss):
 
     def per_token(self, student_logits, teacher_logits, labels):
         return D.skew_rkl_per_token(*self._tempered(student_logits, teacher_logits), self.alpha)
+
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        return _closed(self, self._body(), student_logits, teacher_logits, need_grad, student_logprobs)
+
+    def _body(self):
+        return CF.rkl if self.alpha == 0.0 else CF.zero if self.alpha == 1.0 else CF.skew_rkl(self.alpha)
 
 
 class AKLLoss(DistillLoss):
@@ -111,6 +143,9 @@ class AKLLoss(DistillLoss):
 
     def per_token(self, student_logits, teacher_logits, labels):
         return D.akl_per_token(*self._tempered(student_logits, teacher_logits), self.mu)
+
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        return _closed(self, CF.akl(self.mu), student_logits, teacher_logits, need_grad, student_logprobs)
 
 
 class DKDLoss(DistillLoss):

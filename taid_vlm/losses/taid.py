@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from taid_vlm.losses._compiled import taid_rows
 from taid_vlm.losses._validate import check_range, check_reduction, check_temperature, prepare, reduce
 
 
@@ -44,8 +45,10 @@ def taid_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tens
                         temperature: float = 1.0, need_grad: bool = True, student_logprobs: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Closed-form TAID values and gradient (fused path) with no new ``[C, V]`` buffer when
-    ``student_logprobs`` (one otherwise): row kernels (log_softmax), in-place updates of the
-    teacher's buffer, and p_t in blocks of ``ROW_BLOCK`` rows.
+    ``student_logprobs`` (one otherwise). Large chunks run the torch.compile'd kernel of
+    ``_compiled.py``; small ones (and any machine where compiling fails) the eager one here: row
+    kernels (log_softmax), in-place updates of the teacher's buffer, p_t in blocks of
+    ``ROW_BLOCK`` rows. Both compute the same closed form.
 
     Args:
         student_logits: ``[C, V]`` fp32 raw student logits (left unchanged).
@@ -62,6 +65,9 @@ def taid_value_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tens
         lq = student_logits
     else:
         lq = torch.log_softmax(student_logits if temperature == 1.0 else student_logits / temperature, -1)
+    fast = taid_rows(lq, teacher_logits, t, temperature, need_grad)
+    if fast is not None:
+        return (*fast, teacher_logits if need_grad else None)
     mix = teacher_logits
     if t != 1.0:
         mix.lerp_(student_logits, 1.0 - t)  # t * teacher + (1 - t) * student

@@ -1,0 +1,126 @@
+"""Closed-form values and student-logit gradients of the baseline divergences, for the fused path.
+
+The fused loop's default for a loss without its own ``value_and_grad`` is autograd over the
+chunk's ``[C, V]`` logits, which keeps several ``[C, V]`` temporaries for backward (2-4x the
+floor's memory at V = 32,000 in ``eval/bench_step.py``). Every divergence here depends on the
+student only through q = softmax(s), so with g = d L / d q per row the gradient is the softmax
+backward ``q * (g - <q, g>)``; the values and g below are worked out by hand and checked against
+autograd in the tests (``tests/unit/test_fused_losses.py`` runs every loss fused vs full).
+
+Each kernel works on ``ROW_BLOCK`` rows at a time, so its temporaries are ``ROW_BLOCK x V``
+whatever the chunk, and writes the gradient into the teacher's buffer (which the fused loop hands
+over as a work buffer). Inputs as in ``DistillLoss.value_and_grad``: ``s [C, V]`` student logits or
+log-probs (read only), ``t [C, V]`` raw teacher logits (overwritten), the temperature T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from taid_vlm.losses.divergences import akl_weights
+
+ROW_BLOCK = 16
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Row-wise dot product through bmm: no [rows, V] temporary, unlike (a * b).sum(-1).
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
+    # log(w * a + (1 - w) * b) in log space, as divergences._log_mix (no log 0 where both vanish).
+    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
+
+
+# A row-block body: (lq, q, lp) -> (values [R], g [R, V]) with g = d L / d q up to a per-row
+# constant, or (values, g, direct) with a part ``direct`` that is already d L / d s; lp ([R, V], a
+# view of the teacher's buffer) may be modified, lq and q may not.
+Body = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def run_blocks(s: torch.Tensor, t: torch.Tensor, temperature: float, student_logprobs: bool,
+               need_grad: bool, body: Body) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Values ``[C]`` and, with ``need_grad``, the gradient ``[C, V]`` w.r.t. the student logits
+    (in ``t``'s buffer) of a divergence given by ``body`` per row block."""
+    vals = s.new_empty(s.shape[0])
+    for a in range(0, s.shape[0], ROW_BLOCK):
+        rows = slice(a, a + ROW_BLOCK)
+        if student_logprobs and temperature == 1.0:
+            lq = s[rows]
+        else:
+            lq = torch.log_softmax(s[rows] if temperature == 1.0 else s[rows] / temperature, -1)
+        tb = t[rows]
+        if temperature != 1.0:
+            tb.div_(temperature)
+        lp = torch.log_softmax(tb, -1, out=tb)
+        q = lq.exp()
+        v, g, *direct = body(lq, q, lp)
+        vals[rows] = v
+        if need_grad:  # softmax backward, then the 1/T of s / T; written where the teacher's rows were
+            g = g.sub_(_rowdot(q, g).unsqueeze(1)).mul_(q)
+            if direct:
+                g.add_(direct[0])
+            tb.copy_(g if temperature == 1.0 else g.div_(temperature))
+    return vals, (t if need_grad else None)
+
+
+def rkl(lq, q, lp):
+    """KL(q || p): L = sum q (lq - lp); dL/dq = lq - lp (+ 1, a constant)."""
+    g = lp.neg_().add_(lq)
+    return _rowdot(q, g), g
+
+
+def zero(lq, q, lp):
+    """A skew of 1 compares a distribution with itself: L = 0, g = 0."""
+    return lq.new_zeros(lq.shape[0]), lp.zero_()
+
+
+def tvd(lq, q, lp):
+    """0.5 * sum |p - q|; dL/dq = 0.5 * sign(q - p)."""
+    d = lp.exp_().neg_().add_(q)  # q - p
+    return 0.5 * d.abs().sum(-1), d.sign_().mul_(0.5)
+
+
+def gjsd(beta: float):
+    """beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q; dL/dq = (1 - beta)(lq - lm)."""
+    def body(lq, q, lp):
+        lm = _log_mix(lp, lq, beta)
+        val = beta * _rowdot(lp.exp(), lp.sub(lm)) + (1.0 - beta) * _rowdot(q, lq - lm)
+        return val, lm.neg_().add_(lq).mul_(1.0 - beta)
+    return body
+
+
+def skew_fkl(alpha: float):
+    """KL(p || m), m = alpha p + (1 - alpha) q; dL/dq = -(1 - alpha) p / m."""
+    def body(lq, q, lp):
+        lm = _log_mix(lp, lq, alpha)
+        p = lp.exp()
+        val = _rowdot(p, lp.sub_(lm))  # lp - lm, in place: p / m = exp(lp - lm)
+        return val, lp.exp_().mul_(alpha - 1.0)
+    return body
+
+
+def skew_rkl(alpha: float):
+    """KL(q || m), m = (1 - alpha) p + alpha q; dL/dq = lq - lm - alpha q / m (+ 1)."""
+    def body(lq, q, lp):
+        lm = _log_mix(lp, lq, 1.0 - alpha)
+        d = lm.neg_().add_(lq)  # lq - lm
+        val = _rowdot(q, d)
+        return val, d.sub_(torch.exp(d).mul_(alpha))
+    return body
+
+
+def akl(mu: float):
+    """w_head KL(p || q) + w_tail KL(q || p), weights from ``akl_weights`` (no gradient). The reverse
+    part goes through g = w_tail (lq - lp); the forward part's g = -w_head p / q is unstable where q
+    underflows, so it comes back as its gradient w.r.t. s directly: w_head (q - p)."""
+    def body(lq, q, lp):
+        p = lp.exp()
+        w_head, w_tail = akl_weights(p, q, mu)
+        d = lp.neg_().add_(lq)  # lq - lp
+        val = w_head * -_rowdot(p, d) + w_tail * _rowdot(q, d)
+        return val, d.mul_(w_tail.unsqueeze(1)), p.neg_().add_(q).mul_(w_head.unsqueeze(1))
+    return body
