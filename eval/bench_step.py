@@ -319,6 +319,9 @@ def verdicts(configs: list[dict]) -> dict:
             "cached_time_ok": r["taid_cached"]["time_ratio"] <= TARGETS["cached_time"],
             "cached_mem_ratio": r["taid_cached"]["mem_ratio"],
             "cached_mem_ok": r["taid_cached"]["mem_ratio"] <= TARGETS["cached_mem"],
+            # The other fused losses against the same two goals (rows present only where they ran).
+            "baselines_ok": {b: r[b]["time_ratio"] <= TARGETS["live_time"] and r[b]["mem_ratio"] <= TARGETS["live_mem"]
+                             for b in BASELINES if b in r},
         }
     return out
 

@@ -15,7 +15,6 @@ log-probs (read only), ``t [C, V]`` raw teacher logits (overwritten), the temper
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -30,9 +29,11 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
-    # log(w * a + (1 - w) * b) in log space, as divergences._log_mix (no log 0 where both vanish).
-    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
+def _log_mix(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w * a + (1 - w) * b) from the probabilities (one log per value; the full path's
+    ``divergences._log_mix`` works in log space, two transcendentals per value). Where both vanish
+    the mixture is clamped to the smallest normal float: every term there is multiplied by a or b."""
+    return (a * w).add_(b, alpha=1.0 - w).clamp_min_(torch.finfo(a.dtype).tiny).log_()
 
 
 # A row-block body: (lq, q, lp) -> (values [R], g [R, V]) with g = d L / d q up to a per-row
@@ -87,8 +88,9 @@ def tvd(lq, q, lp):
 def gjsd(beta: float):
     """beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q; dL/dq = (1 - beta)(lq - lm)."""
     def body(lq, q, lp):
-        lm = _log_mix(lp, lq, beta)
-        val = beta * _rowdot(lp.exp(), lp.sub(lm)) + (1.0 - beta) * _rowdot(q, lq - lm)
+        p = lp.exp()
+        lm = _log_mix(p, q, beta)
+        val = beta * _rowdot(p, lp.sub_(lm)) + (1.0 - beta) * _rowdot(q, lq - lm)
         return val, lm.neg_().add_(lq).mul_(1.0 - beta)
     return body
 
@@ -96,8 +98,8 @@ def gjsd(beta: float):
 def skew_fkl(alpha: float):
     """KL(p || m), m = alpha p + (1 - alpha) q; dL/dq = -(1 - alpha) p / m."""
     def body(lq, q, lp):
-        lm = _log_mix(lp, lq, alpha)
         p = lp.exp()
+        lm = _log_mix(p, q, alpha)
         val = _rowdot(p, lp.sub_(lm))  # lp - lm, in place: p / m = exp(lp - lm)
         return val, lp.exp_().mul_(alpha - 1.0)
     return body
@@ -106,7 +108,7 @@ def skew_fkl(alpha: float):
 def skew_rkl(alpha: float):
     """KL(q || m), m = (1 - alpha) p + alpha q; dL/dq = lq - lm - alpha q / m (+ 1)."""
     def body(lq, q, lp):
-        lm = _log_mix(lp, lq, 1.0 - alpha)
+        lm = _log_mix(lp.exp_(), q, 1.0 - alpha)
         d = lm.neg_().add_(lq)  # lq - lm
         val = _rowdot(q, d)
         return val, d.sub_(torch.exp(d).mul_(alpha))

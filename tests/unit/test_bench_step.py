@@ -26,3 +26,7 @@ def test_quick_benchmark_writes_rows_with_ratios_to_the_floor(tmp_path):
             assert r["loss"] == r["loss"] and r["loss"] > 0  # finite and positive: the step really ran
     assert set(report["verdicts"]) == {"text_v500", "vlm_v500"}
     assert {"live_time_ok", "live_mem_ok", "cached_time_ok"} <= set(report["verdicts"]["text_v500"])
+    # quick runs one baseline (fkl) on the text configuration: judged against the same goals
+    fkl = next(r for r in report["configs"][0]["rows"] if r["row"] == "fkl")
+    assert report["verdicts"]["text_v500"]["baselines_ok"] == {
+        "fkl": fkl["time_ratio"] <= 1.10 and fkl["mem_ratio"] <= 0.5}
