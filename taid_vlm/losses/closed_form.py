@@ -115,14 +115,107 @@ def skew_rkl(alpha: float):
     return body
 
 
+def _akl_weights(p: torch.Tensor, q: torch.Tensor, mu: float, k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``divergences.akl_weights`` without sorting the whole row: the head (the teacher's most likely
+    tokens while their cumulative probability stays <= mu) lies inside the top k as soon as the top
+    k's sum exceeds mu, so ``topk`` with k = 64, 512, ... suffices (sorting 151,936 values per row
+    made AKL 3x the floor's step). The same prefix sums as the full sort, so the same head (ties in
+    p aside, which the full path orders arbitrarily too); a row whose head is not found before k
+    reaches V goes to the full sort."""
+    vocab = p.shape[-1]
+    while k < vocab:
+        top, order = p.topk(k, -1)
+        cum = top.cumsum(-1)
+        if bool((cum[:, -1] > mu).all()):
+            head = cum <= mu
+            head[:, 0] = True
+            g_head = ((top - q.gather(1, order)).abs() * head).sum(-1)
+            g_all = (p - q).abs().sum(-1)
+            denom = g_all.clamp_min(1e-12)
+            return g_head / denom, (g_all - g_head) / denom
+        k *= 8
+    return akl_weights(p, q, mu)
+
+
 def akl(mu: float):
     """w_head KL(p || q) + w_tail KL(q || p), weights from ``akl_weights`` (no gradient). The reverse
     part goes through g = w_tail (lq - lp); the forward part's g = -w_head p / q is unstable where q
     underflows, so it comes back as its gradient w.r.t. s directly: w_head (q - p)."""
     def body(lq, q, lp):
         p = lp.exp()
-        w_head, w_tail = akl_weights(p, q, mu)
+        w_head, w_tail = _akl_weights(p, q, mu)
         d = lp.neg_().add_(lq)  # lq - lp
         val = w_head * -_rowdot(p, d) + w_tail * _rowdot(q, d)
         return val, d.mul_(w_tail.unsqueeze(1)), p.neg_().add_(q).mul_(w_head.unsqueeze(1))
     return body
+
+
+def _student_block(s: torch.Tensor, scale: float, student_logprobs: bool) -> torch.Tensor:
+    # log q of a row block at temperature 1 / scale (log-probs given at temperature 1 pass as they are).
+    if student_logprobs and scale == 1.0:
+        return s
+    return torch.log_softmax(s if scale == 1.0 else s * scale, -1)
+
+
+def ctkd(s: torch.Tensor, t: torch.Tensor, tau: float, need_grad: bool, student_logprobs: bool
+         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """CTKD's ``tau^2 KL(p_tau || q_tau)`` per row ``[C]``, its gradient w.r.t. the student logits
+    (``tau (q_tau - p_tau)``, in ``t``'s buffer) and ``sum_rows d value / d tau`` (0-d).
+
+    d KL / d tau: with lp, lq the tempered log-probs, d lp / d tau = -(lp - E_p[lp]) / tau (and alike
+    for q), so d KL / d tau = -(E_p[(lp - E_p[lp]) (lp - lq)] - (E_p[lq] - E_q[lq])) / tau.
+    Row blocks are computed in float64: at CTKD's temperatures (up to 21) the tempered log-probs
+    differ by about 1e-3 of their size, so fp32 log-probs would put 3e-4 relative error into KL and
+    into tau's gradient, where its two terms also cancel.
+    """
+    del student_logprobs  # log-probs or logits: log_softmax(s / tau) is the same
+    vals, dtau = s.new_empty(s.shape[0]), s.new_zeros((), dtype=torch.float64)
+    for a in range(0, s.shape[0], ROW_BLOCK):
+        rows = slice(a, a + ROW_BLOCK)
+        lq = torch.log_softmax(s[rows].double() / tau, -1)
+        lp = torch.log_softmax(t[rows].double() / tau, -1)
+        p = lp.exp()
+        d = lp - lq
+        kl = _rowdot(p, d)
+        vals[rows] = kl * tau * tau
+        if not need_grad:
+            continue
+        q = lq.exp()
+        spread = _rowdot(p, d.mul_(lp)) - _rowdot(p, lp) * kl  # E_p[(lp - E_p lp)(lp - lq)]
+        dkl = -(spread - (_rowdot(p, lq) - _rowdot(q, lq))) / tau
+        dtau += (2.0 * tau * kl + tau * tau * dkl).sum()
+        t[rows].copy_(q.sub_(p).mul_(tau))
+    return vals, (t if need_grad else None), (dtau.to(s.dtype) if need_grad else None)
+
+
+def dkd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, temperature: float,
+        need_grad: bool, student_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DKD's ``(alpha TCKD + beta NCKD) T^2`` per row ``[C]`` and its gradient w.r.t. the student
+    logits (in ``t``'s buffer). With g the target, q_g its probability and q^ = softmax over the
+    other tokens: d TCKD / d s_g = q_g - p_g, d TCKD / d s_j = q^_j (p_g - q_g) for j != g;
+    d NCKD / d s_j = q^_j - p^_j for j != g, 0 for g; times T for the tempered logits and T^2."""
+    vals = s.new_empty(s.shape[0])
+    for a in range(0, s.shape[0], ROW_BLOCK):
+        rows = slice(a, a + ROW_BLOCK)
+        idx = labels[rows].unsqueeze(1)
+        lq = _student_block(s[rows], 1.0 / temperature, student_logprobs)
+        tb = t[rows] if temperature == 1.0 else t[rows].div_(temperature)
+        lp = torch.log_softmax(tb, -1, out=tb)
+        lq_g, lp_g = lq.gather(1, idx), lp.gather(1, idx)
+        # log(1 - q_g) and log(1 - p_g) from the other tokens (stable where q_g is close to 1)
+        lq_r = torch.logsumexp(lq.scatter(1, idx, float("-inf")), -1, keepdim=True)
+        lp_r = torch.logsumexp(lp.scatter(1, idx, float("-inf")), -1, keepdim=True)
+        tckd = lp_g.exp() * (lp_g - lq_g) + lp_r.exp() * (lp_r - lq_r)
+        lq_hat = lq - lq_r  # log q^ (the target column is ignored below)
+        lp_hat = lp.sub_(lp_r)  # log p^, in place
+        p_hat = lp_hat.exp().scatter_(1, idx, 0.0)
+        nckd = _rowdot(p_hat, lp_hat - lq_hat)
+        vals[rows] = ((alpha * tckd + beta * nckd.unsqueeze(1)) * temperature**2).squeeze(1)
+        if not need_grad:
+            continue
+        q_hat = lq_hat.exp_().scatter_(1, idx, 0.0)
+        q_g, p_g = lq_g.exp(), lp_g.exp()
+        grad = q_hat.mul_(alpha * (p_g - q_g) + beta).sub_(p_hat.mul_(beta))
+        grad.scatter_(1, idx, alpha * (q_g - p_g))
+        tb.copy_(grad.mul_(temperature))
+    return vals, (t if need_grad else None)

@@ -169,6 +169,11 @@ class DKDLoss(DistillLoss):
         s, t = self._tempered(student_logits, teacher_logits)
         return D.dkd_per_token(s, t, labels, self.alpha, self.beta) * self.temperature**2
 
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        vals, grad = CF.dkd(student_logits, teacher_logits, labels, self.alpha, self.beta, self.temperature,
+                            need_grad, student_logprobs)
+        return vals, {}, grad, ([] if need_grad else None)
+
 
 class _ReverseGrad(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by -lambda (Ganin & Lempitsky 2015)."""
@@ -232,6 +237,16 @@ class CTKDLoss(DistillLoss):
     def per_token(self, student_logits, teacher_logits, labels):
         tau = self.current_temperature(student_logits.device)
         return D.fkl_per_token(student_logits / tau, teacher_logits / tau) * tau * tau
+
+    def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
+        sig = torch.sigmoid(self.raw_temperature.detach())
+        tau = float(self.temp_min + self.temp_range * sig)
+        vals, grad, dtau = CF.ctkd(student_logits, teacher_logits, tau, need_grad, student_logprobs)
+        if not need_grad:
+            return vals, {}, None, None
+        # raw -> (gradient reversal: backward times -lambda) -> tau = temp_min + temp_range * sigmoid(raw)
+        g_raw = dtau * (-self.grl_lambda * self.temp_range) * sig * (1.0 - sig)
+        return vals, {}, grad, [g_raw.to(self.raw_temperature.dtype).reshape(self.raw_temperature.shape)]
 
 
 class TAIDLoss(DistillLoss):

@@ -35,11 +35,57 @@ def test_closed_form_equals_autograd(name, opts, temperature):
         torch.testing.assert_close(v2, v, atol=0, rtol=0)
 
 
-def test_every_fusable_baseline_but_two_has_a_closed_form():
-    """ctkd (a learnable temperature behind a gradient reversal) and dkd (label-dependent split of the
-    vocabulary) keep autograd; a new loss without a closed form falls to it too, still correct."""
+@pytest.mark.parametrize("opts", [{}, {"init_temperature": 4.0, "lambda_max": 0.5}])
+def test_ctkd_closed_form_equals_autograd_with_its_temperature_gradient(opts):
+    loss = get_loss("ctkd", **opts).double()
+    loss.set_progress(3, 10)  # lambda inside its curriculum
+    g = torch.Generator().manual_seed(12)
+    s, t = (torch.randn(37, 40, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    want_v, _, want_g, want_pg = DistillLoss.value_and_grad(loss, s, t.clone(), None, True)
+    for logprobs in (False, True):
+        student = torch.log_softmax(s, -1) if logprobs else s
+        v, _, grad, pg = loss.value_and_grad(student, t.clone(), None, True, logprobs)
+        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(pg[0], want_pg[0], atol=1e-10, rtol=1e-8)
+    assert abs(float(want_pg[0])) > 1e-6  # the temperature's gradient is really compared
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_dkd_closed_form_equals_autograd(temperature):
+    loss = get_loss("dkd", alpha=1.5, beta=0.7, temperature=temperature)
+    g = torch.Generator().manual_seed(13)
+    s, t = (torch.randn(37, 40, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    labels = torch.randint(0, 40, (37,), generator=g)
+    s[0, labels[0]] += 12.0  # a target the student is nearly sure of: 1 - q_g from the other tokens
+    want_v, _, want_g, _ = DistillLoss.value_and_grad(loss, s, t.clone(), labels, True)
+    for logprobs in (False, True):
+        student = torch.log_softmax(s, -1) if logprobs else s
+        v, _, grad, _ = loss.value_and_grad(student, t.clone(), labels, True, logprobs)
+        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
+
+
+def test_every_distillation_loss_has_a_closed_form():
+    """No built-in loss goes through autograd over [C, V] on the fused path any more (a user's loss
+    without ``value_and_grad`` still does, and is still exact)."""
     from taid_vlm.losses import LOSS_NAMES
 
     generic = sorted(n for n in LOSS_NAMES
                      if type(get_loss(n)).value_and_grad is DistillLoss.value_and_grad and get_loss(n).needs_teacher)
-    assert generic == ["ctkd", "dkd"]
+    assert generic == []
+
+
+@pytest.mark.parametrize("mu", [0.05, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("k", [2, 64])
+def test_akl_head_from_topk_equals_the_full_sort(mu, k):
+    from taid_vlm.losses.divergences import akl_weights
+
+    g = torch.Generator().manual_seed(14)
+    lp = torch.log_softmax(torch.randn(20, 3000, generator=g, dtype=torch.float64) * 2, -1)
+    lq = torch.log_softmax(torch.randn(20, 3000, generator=g, dtype=torch.float64) * 2, -1)
+    p, q = lp.exp(), lq.exp()
+    want = akl_weights(p, q, mu)
+    got = closed_form._akl_weights(p, q, mu, k=k)  # k = 2: grows 2 -> 16 -> 128 -> 1024 before the head fits
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
