@@ -116,14 +116,12 @@ def skew_rkl(alpha: float):
 
 
 def _akl_weights(p: torch.Tensor, q: torch.Tensor, mu: float, k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``divergences.akl_weights`` without sorting the whole row: the head (the teacher's most likely
-    tokens while their cumulative probability stays <= mu) lies inside the top k as soon as the top
-    k's sum exceeds mu, so ``topk`` with k = 64, 512, ... suffices (sorting 151,936 values per row
-    made AKL 3x the floor's step). The same prefix sums as the full sort, so the same head (ties in
-    p aside, which the full path orders arbitrarily too); a row whose head is not found before k
-    reaches V goes to the full sort."""
-    vocab = p.shape[-1]
-    while k < vocab:
+    """``divergences.akl_weights``, sorting only the top k when that suffices: the head (the
+    teacher's most likely tokens while their cumulative probability stays <= mu) lies inside the
+    top k as soon as the top k's sum exceeds mu, as for a trained teacher's peaked rows. The same
+    prefix sums as the full sort, so the same head (ties in p aside, which the full path orders
+    arbitrarily too). A block with a flatter row (a random-weight teacher's) sorts whole rows."""
+    if k < p.shape[-1]:
         top, order = p.topk(k, -1)
         cum = top.cumsum(-1)
         if bool((cum[:, -1] > mu).all()):
@@ -133,7 +131,6 @@ def _akl_weights(p: torch.Tensor, q: torch.Tensor, mu: float, k: int = 64) -> tu
             g_all = (p - q).abs().sum(-1)
             denom = g_all.clamp_min(1e-12)
             return g_head / denom, (g_all - g_head) / denom
-        k *= 8
     return akl_weights(p, q, mu)
 
 
