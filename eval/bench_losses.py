@@ -326,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     peers = run_peers(*map(int, args.peers.split(",")), hdim, args) if args.peers else []
     ratios = _ratios(cases)
     target = next((r for r in ratios if r["N"] == TARGET["N"] and r["V"] == TARGET["V"]), None)
+    from taid_vlm.demo.studies import provenance
+
     report = {
         "benchmark": "taid loss fwd+bwd: full logits (official-code style) vs fused chunked",
+        **provenance(argv if argv is not None else sys.argv[1:], "eval/bench_losses.py"),
         "quick": args.quick, "H": hdim, "chunk": chunk, "platform": platform.platform(),
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "load_average_at_end": list(os.getloadavg()), "cases": cases, "ratios": ratios, "target": TARGET,

@@ -13,6 +13,7 @@ def test_quick_benchmark_writes_json_and_png(tmp_path):
     assert _load().main(["--quick", "--output", str(tmp_path), "--threads", "1"]) == 0
     report = json.loads((tmp_path / "bench_losses.json").read_text())
     assert (tmp_path / "bench_losses.png").stat().st_size > 0
+    assert report["command"].startswith("python eval/bench_losses.py --quick") and report["date"] and report["machine"]
     assert {(c["path"], c["N"], c["V"]) for c in report["cases"]} == {
         (p, 128, 500) for p in ("full", "fused")}
     for case in report["cases"]:
