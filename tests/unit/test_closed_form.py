@@ -7,6 +7,26 @@ import torch
 from taid_vlm.losses import closed_form, get_loss
 from taid_vlm.losses.base import DistillLoss
 
+
+def _equals_autograd(loss, s, t, labels=None):
+    """The closed form equals autograd (values, student gradient, loss-parameter gradients) for raw
+    logits and for log-probs (as the fused loop passes them), and without a gradient the values
+    alone; returns autograd's parameter gradients."""
+    want_v, _, want_g, want_pg = DistillLoss.value_and_grad(loss, s, t.clone(), labels, True)
+    for logprobs in (False, True):
+        student = torch.log_softmax(s, -1) if logprobs else s
+        v, _, grad, pg = loss.value_and_grad(student, t.clone(), labels, True, logprobs)
+        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
+        assert len(pg) == len(want_pg)
+        for a, b in zip(pg, want_pg):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+        v2, _, none, _ = loss.value_and_grad(student, t.clone(), labels, False, logprobs)
+        assert none is None
+        torch.testing.assert_close(v2, v, atol=0, rtol=0)
+    return want_pg
+
+
 CASES = [("rkl", {}), ("tvd", {}), ("gjsd", {"beta": 0.5}), ("gjsd", {"beta": 0.1}),
          ("skew_fkl", {"alpha": 0.1}), ("skew_fkl", {"alpha": 0.0}), ("skew_fkl", {"alpha": 1.0}),
          ("skew_rkl", {"alpha": 0.3}), ("skew_rkl", {"alpha": 0.0}), ("skew_rkl", {"alpha": 1.0}),
@@ -23,16 +43,7 @@ def test_closed_form_equals_autograd(name, opts, temperature):
     s, t = torch.randn(rows, 40, generator=g, dtype=torch.float64) * 3, torch.randn(rows, 40, generator=g,
                                                                                   dtype=torch.float64) * 3
     t[:, :3] = -1e4  # columns the teacher (nearly) excludes: p underflows to 0 there
-    want_v, _, want_g, _ = DistillLoss.value_and_grad(loss, s, t.clone(), None, True)
-    for logprobs in (False, True):  # raw logits, or log-probs as the fused loop passes them
-        student = torch.log_softmax(s, -1) if logprobs else s
-        v, extras, grad, pg = loss.value_and_grad(student, t.clone(), None, True, logprobs)
-        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
-        assert pg == []
-        v2, _, none, _ = loss.value_and_grad(student, t.clone(), None, False, logprobs)
-        assert none is None
-        torch.testing.assert_close(v2, v, atol=0, rtol=0)
+    assert _equals_autograd(loss, s, t) == []
 
 
 @pytest.mark.parametrize("opts", [{}, {"init_temperature": 4.0, "lambda_max": 0.5}])
@@ -41,13 +52,7 @@ def test_ctkd_closed_form_equals_autograd_with_its_temperature_gradient(opts):
     loss.set_progress(3, 10)  # lambda inside its curriculum
     g = torch.Generator().manual_seed(12)
     s, t = (torch.randn(37, 40, generator=g, dtype=torch.float64) * 3 for _ in range(2))
-    want_v, _, want_g, want_pg = DistillLoss.value_and_grad(loss, s, t.clone(), None, True)
-    for logprobs in (False, True):
-        student = torch.log_softmax(s, -1) if logprobs else s
-        v, _, grad, pg = loss.value_and_grad(student, t.clone(), None, True, logprobs)
-        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(pg[0], want_pg[0], atol=1e-10, rtol=1e-8)
+    want_pg = _equals_autograd(loss, s, t)
     assert abs(float(want_pg[0])) > 1e-6  # the temperature's gradient is really compared
 
 
@@ -58,12 +63,7 @@ def test_dkd_closed_form_equals_autograd(temperature):
     s, t = (torch.randn(37, 40, generator=g, dtype=torch.float64) * 3 for _ in range(2))
     labels = torch.randint(0, 40, (37,), generator=g)
     s[0, labels[0]] += 12.0  # a target the student is nearly sure of: 1 - q_g from the other tokens
-    want_v, _, want_g, _ = DistillLoss.value_and_grad(loss, s, t.clone(), labels, True)
-    for logprobs in (False, True):
-        student = torch.log_softmax(s, -1) if logprobs else s
-        v, _, grad, _ = loss.value_and_grad(student, t.clone(), labels, True, logprobs)
-        torch.testing.assert_close(v, want_v.detach(), atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(grad, want_g, atol=1e-10, rtol=1e-9)
+    _equals_autograd(loss, s, t, labels)
 
 
 def test_every_distillation_loss_has_a_closed_form():
