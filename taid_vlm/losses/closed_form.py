@@ -5,7 +5,8 @@ chunk's ``[C, V]`` logits, which keeps several ``[C, V]`` temporaries for backwa
 floor's memory at V = 32,000 in ``eval/bench_step.py``). Every divergence here depends on the
 student only through q = softmax(s), so with g = d L / d q per row the gradient is the softmax
 backward ``q * (g - <q, g>)``; the values and g below are worked out by hand and checked against
-autograd in the tests (``tests/unit/test_fused_losses.py`` runs every loss fused vs full).
+autograd in float64 (``tests/unit/test_closed_form.py``; ``test_fused_losses.py`` runs every loss
+fused vs full).
 
 Each kernel works on ``ROW_BLOCK`` rows at a time, so its temporaries are ``ROW_BLOCK x V``
 whatever the chunk, and writes the gradient into the teacher's buffer (which the fused loop hands
@@ -19,17 +20,23 @@ from collections.abc import Callable
 
 import torch
 
-from taid_vlm.losses.divergences import akl_weights
-
-ROW_BLOCK = 16
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Row-wise dot product through bmm: no [rows, V] temporary, unlike (a * b).sum(-1).
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+from taid_vlm.losses.divergences import akl_head_tail, akl_weights
+from taid_vlm.losses.taid import ROW_BLOCK, _rowdot
 
 
-def _log_mix(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+def _block_logprobs(s: torch.Tensor, t: torch.Tensor, rows: slice, temperature: float,
+                    student_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log q, log p)`` of a row block at the temperature: log q a new ``[R, V]`` (or ``s``'s
+    rows themselves when they are log-probs at T = 1), log p in place in ``t``'s rows."""
+    if student_logprobs and temperature == 1.0:
+        lq = s[rows]
+    else:
+        lq = torch.log_softmax(s[rows] if temperature == 1.0 else s[rows] / temperature, -1)
+    tb = t[rows] if temperature == 1.0 else t[rows].div_(temperature)
+    return lq, torch.log_softmax(tb, -1, out=tb)
+
+
+def _log_mix_probs(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     """log(w * a + (1 - w) * b) from the probabilities (one log per value; the full path's
     ``divergences._log_mix`` works in log space, two transcendentals per value). Where both vanish
     the mixture is clamped to the smallest normal float: every term there is multiplied by a or b."""
@@ -49,14 +56,7 @@ def run_blocks(s: torch.Tensor, t: torch.Tensor, temperature: float, student_log
     vals = s.new_empty(s.shape[0])
     for a in range(0, s.shape[0], ROW_BLOCK):
         rows = slice(a, a + ROW_BLOCK)
-        if student_logprobs and temperature == 1.0:
-            lq = s[rows]
-        else:
-            lq = torch.log_softmax(s[rows] if temperature == 1.0 else s[rows] / temperature, -1)
-        tb = t[rows]
-        if temperature != 1.0:
-            tb.div_(temperature)
-        lp = torch.log_softmax(tb, -1, out=tb)
+        lq, lp = _block_logprobs(s, t, rows, temperature, student_logprobs)
         q = lq.exp()
         v, g, *direct = body(lq, q, lp)
         vals[rows] = v
@@ -64,7 +64,7 @@ def run_blocks(s: torch.Tensor, t: torch.Tensor, temperature: float, student_log
             g = g.sub_(_rowdot(q, g).unsqueeze(1)).mul_(q)
             if direct:
                 g.add_(direct[0])
-            tb.copy_(g if temperature == 1.0 else g.div_(temperature))
+            t[rows].copy_(g if temperature == 1.0 else g.div_(temperature))
     return vals, (t if need_grad else None)
 
 
@@ -89,7 +89,7 @@ def gjsd(beta: float):
     """beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q; dL/dq = (1 - beta)(lq - lm)."""
     def body(lq, q, lp):
         p = lp.exp()
-        lm = _log_mix(p, q, beta)
+        lm = _log_mix_probs(p, q, beta)
         val = beta * _rowdot(p, lp.sub_(lm)) + (1.0 - beta) * _rowdot(q, lq - lm)
         return val, lm.neg_().add_(lq).mul_(1.0 - beta)
     return body
@@ -99,7 +99,7 @@ def skew_fkl(alpha: float):
     """KL(p || m), m = alpha p + (1 - alpha) q; dL/dq = -(1 - alpha) p / m."""
     def body(lq, q, lp):
         p = lp.exp()
-        lm = _log_mix(p, q, alpha)
+        lm = _log_mix_probs(p, q, alpha)
         val = _rowdot(p, lp.sub_(lm))  # lp - lm, in place: p / m = exp(lp - lm)
         return val, lp.exp_().mul_(alpha - 1.0)
     return body
@@ -108,7 +108,7 @@ def skew_fkl(alpha: float):
 def skew_rkl(alpha: float):
     """KL(q || m), m = (1 - alpha) p + alpha q; dL/dq = lq - lm - alpha q / m (+ 1)."""
     def body(lq, q, lp):
-        lm = _log_mix(lp.exp_(), q, 1.0 - alpha)
+        lm = _log_mix_probs(lp.exp_(), q, 1.0 - alpha)
         d = lm.neg_().add_(lq)  # lq - lm
         val = _rowdot(q, d)
         return val, d.sub_(torch.exp(d).mul_(alpha))
@@ -127,10 +127,7 @@ def _akl_weights(p: torch.Tensor, q: torch.Tensor, mu: float, k: int = 64) -> tu
         if bool((cum[:, -1] > mu).all()):
             head = cum <= mu
             head[:, 0] = True
-            g_head = ((top - q.gather(1, order)).abs() * head).sum(-1)
-            g_all = (p - q).abs().sum(-1)
-            denom = g_all.clamp_min(1e-12)
-            return g_head / denom, (g_all - g_head) / denom
+            return akl_head_tail(((top - q.gather(1, order)).abs() * head).sum(-1), (p - q).abs().sum(-1))
     return akl_weights(p, q, mu)
 
 
@@ -145,13 +142,6 @@ def akl(mu: float):
         val = w_head * -_rowdot(p, d) + w_tail * _rowdot(q, d)
         return val, d.mul_(w_tail.unsqueeze(1)), p.neg_().add_(q).mul_(w_head.unsqueeze(1))
     return body
-
-
-def _student_block(s: torch.Tensor, scale: float, student_logprobs: bool) -> torch.Tensor:
-    # log q of a row block at temperature 1 / scale (log-probs given at temperature 1 pass as they are).
-    if student_logprobs and scale == 1.0:
-        return s
-    return torch.log_softmax(s if scale == 1.0 else s * scale, -1)
 
 
 def ctkd(s: torch.Tensor, t: torch.Tensor, tau: float, need_grad: bool, student_logprobs: bool
@@ -195,9 +185,7 @@ def dkd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, alpha: float, be
     for a in range(0, s.shape[0], ROW_BLOCK):
         rows = slice(a, a + ROW_BLOCK)
         idx = labels[rows].unsqueeze(1)
-        lq = _student_block(s[rows], 1.0 / temperature, student_logprobs)
-        tb = t[rows] if temperature == 1.0 else t[rows].div_(temperature)
-        lp = torch.log_softmax(tb, -1, out=tb)
+        lq, lp = _block_logprobs(s, t, rows, temperature, student_logprobs)
         lq_g, lp_g = lq.gather(1, idx), lp.gather(1, idx)
         # log(1 - q_g) and log(1 - p_g) from the other tokens (stable where q_g is close to 1)
         lq_r = torch.logsumexp(lq.scatter(1, idx, float("-inf")), -1, keepdim=True)
@@ -214,5 +202,5 @@ def dkd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, alpha: float, be
         q_g, p_g = lq_g.exp(), lp_g.exp()
         grad = q_hat.mul_(alpha * (p_g - q_g) + beta).sub_(p_hat.mul_(beta))
         grad.scatter_(1, idx, alpha * (q_g - p_g))
-        tb.copy_(grad.mul_(temperature))
+        t[rows].copy_(grad.mul_(temperature))
     return vals, (t if need_grad else None)

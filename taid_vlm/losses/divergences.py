@@ -85,10 +85,13 @@ def akl_weights(p: torch.Tensor, q: torch.Tensor, mu: float) -> tuple[torch.Tens
         head_sorted[:, 0] = True
         head = torch.zeros_like(head_sorted).scatter_(1, order, head_sorted)
         gap = (p - q).abs()
-        g_head = (gap * head).sum(-1)
-        g_all = gap.sum(-1)
-        denom = g_all.clamp_min(1e-12)  # identical rows: both KLs are 0, any finite weight will do
-        return g_head / denom, (g_all - g_head) / denom
+        return akl_head_tail((gap * head).sum(-1), gap.sum(-1))
+
+
+def akl_head_tail(g_head: torch.Tensor, g_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w_head, w_tail)`` ``[N]`` from the head's and the whole row's sum of |p - q| ``[N]``."""
+    denom = g_all.clamp_min(1e-12)  # identical rows: both KLs are 0, any finite weight will do
+    return g_head / denom, (g_all - g_head) / denom
 
 
 def akl_per_token(s: torch.Tensor, t: torch.Tensor, mu: float) -> torch.Tensor:

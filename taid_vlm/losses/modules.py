@@ -21,10 +21,19 @@ def _no_temperature(name: str, temperature: float) -> None:
                                          "leave it at 1.0")
 
 
+def _returned(vals, grad, need_grad: bool):
+    """``value_and_grad``'s return for a loss without stats or trainable parameters."""
+    return vals, {}, grad, ([] if need_grad else None)
+
+
 def _closed(loss: DistillLoss, body, s, t, need_grad: bool, student_logprobs: bool):
     """``value_and_grad``'s return for a divergence with a closed form in ``closed_form.py``."""
-    vals, grad = CF.run_blocks(s, t, loss.temperature, student_logprobs, need_grad, body)
-    return vals, {}, grad, ([] if need_grad else None)
+    return _returned(*CF.run_blocks(s, t, loss.temperature, student_logprobs, need_grad, body), need_grad)
+
+
+def _forward_kl(loss: DistillLoss, s, t, need_grad: bool, student_logprobs: bool):
+    """``value_and_grad``'s return for forward KL at the loss's temperature (TAID's kernel at t = 1)."""
+    return _returned(*forward_kl_value_and_grad(s, t, loss.temperature, need_grad, student_logprobs), need_grad)
 
 
 class SFTLoss(DistillLoss):
@@ -49,9 +58,7 @@ class ForwardKLLoss(DistillLoss):
         return D.fkl_per_token(*self._tempered(student_logits, teacher_logits))
 
     def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
-        kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad,
-                                             student_logprobs)
-        return kl, {}, grad, ([] if need_grad else None)
+        return _forward_kl(self, student_logits, teacher_logits, need_grad, student_logprobs)
 
 
 class ReverseKLLoss(DistillLoss):
@@ -108,9 +115,7 @@ class SkewFKLLoss(DistillLoss):
 
     def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
         if self.alpha == 0.0:  # plain forward KL
-            kl, grad = forward_kl_value_and_grad(student_logits, teacher_logits, self.temperature, need_grad,
-                                                 student_logprobs)
-            return kl, {}, grad, ([] if need_grad else None)
+            return _forward_kl(self, student_logits, teacher_logits, need_grad, student_logprobs)
         return _closed(self, self._body(), student_logits, teacher_logits, need_grad, student_logprobs)
 
     def _body(self):
@@ -170,9 +175,8 @@ class DKDLoss(DistillLoss):
         return D.dkd_per_token(s, t, labels, self.alpha, self.beta) * self.temperature**2
 
     def value_and_grad(self, student_logits, teacher_logits, labels, need_grad, student_logprobs=False):
-        vals, grad = CF.dkd(student_logits, teacher_logits, labels, self.alpha, self.beta, self.temperature,
-                            need_grad, student_logprobs)
-        return vals, {}, grad, ([] if need_grad else None)
+        return _returned(*CF.dkd(student_logits, teacher_logits, labels, self.alpha, self.beta, self.temperature,
+                                 need_grad, student_logprobs), need_grad)
 
 
 class _ReverseGrad(torch.autograd.Function):
