@@ -437,6 +437,50 @@ class EvalConfig:
     """Samples per generation evaluation."""
     max_new_tokens: int = 16
     """Generation length for the metrics."""
+    metric: str | None = None
+    """What early stopping and ``keep_best`` watch: ``val_loss``, ``val_lm_loss``, ``val_distil_loss``
+    (need ``data.val``), ``eval_vqa_<vqa_accuracy|exact_match|anls>`` (``eval.vqa``) or
+    ``eval_caption_<Bleu_1..4|METEOR|ROUGE_L|CIDEr>`` (``eval.caption``). Losses are minimised,
+    scores maximised."""
+    patience: int = 0
+    """Stop after this many evaluations in a row without improving ``metric`` by more than
+    ``min_delta`` (0: never stop early). Needs ``every`` > 0."""
+    min_delta: float = 0.0
+    """Smallest change of ``metric`` that counts as an improvement."""
+    keep_best: bool = False
+    """The final student is the evaluation with the best ``metric``, not the last step."""
+
+    @staticmethod
+    def metrics() -> dict[str, str]:
+        """Watchable metric names -> the setting that must be on for them (``eval.metric``)."""
+        from taid_vlm.evaluation.caption import METRICS as CAPTION_METRICS
+
+        names = {f"val_{k}": "data.val" for k in ("loss", "lm_loss", "distil_loss")}
+        names.update({f"eval_vqa_{k}": "eval.vqa" for k in ("vqa_accuracy", "exact_match", "anls")})
+        names.update({f"eval_caption_{k}": "eval.caption" for k in CAPTION_METRICS})
+        return names
+
+    def higher_is_better(self) -> bool:
+        return not (self.metric or "").startswith("val_")
+
+    def check(self, cfg: Config) -> None:
+        for name in ("every", "max_batches", "max_samples", "patience"):
+            _check(getattr(self, name) >= 0, f"eval.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.min_delta >= 0, "eval.min_delta", f"must be >= 0, got {self.min_delta}")
+        watching = self.patience > 0 or self.keep_best
+        if not watching and self.metric is None:
+            return
+        _check(self.metric is not None, "eval.metric",
+               "early stopping (eval.patience) and eval.keep_best need the metric to watch")
+        names = self.metrics()
+        _check(self.metric in names, "eval.metric",
+               f"{self.metric!r} unknown; valid: {', '.join(names)}")
+        needs = names[self.metric]
+        have = {"data.val": cfg.data.val, "eval.vqa": self.vqa, "eval.caption": self.caption}[needs]
+        _check(bool(have), "eval.metric", f"{self.metric} is measured on {needs}, which is not set")
+        _check(self.every > 0, "eval.every", "early stopping and keep_best evaluate every N steps: set it > 0")
+        if self.metric == "val_distil_loss":
+            _check(cfg.loss.needs_teacher, "eval.metric", f"loss {cfg.loss.name!r} has no distillation loss")
 
 
 @dataclass
@@ -562,4 +606,5 @@ class Config:
         self.data.check()
         self.train.check()
         self.sampling.check(self)
+        self.eval.check(self)
         self.logging.check()

@@ -26,6 +26,7 @@ from taid_vlm.data.preflight import FIRST_BATCHES, first_batches_error
 from taid_vlm.losses import NonFiniteError
 from taid_vlm.train.checkpoint import (
     SHARDED_ENGINES,
+    list_checkpoints,
     load_checkpoint,
     load_engine_checkpoint,
     resolve_resume,
@@ -34,6 +35,7 @@ from taid_vlm.train.checkpoint import (
     save_final_student,
 )
 from taid_vlm.train.data_order import micro_batch_loader
+from taid_vlm.train.early_stop import EarlyStopping, load_best, prune_best, referenced_steps, save_best
 from taid_vlm.train.optim import clip_or_measure
 from taid_vlm.train.run_log import RunLogger
 from taid_vlm.train.setup import RunParts, build_run, launch_summary
@@ -70,6 +72,13 @@ class Trainer:
         self.nonfinite_run = 0
         self.trained_steps = 0  # optimizer steps that updated the weights
         self.empty_steps = 0  # steps whose micro-batches held no response token (all records skipped)
+        self.last_eval: tuple[int, dict[str, float]] = (-1, {})
+        ev = cfg.eval
+        self.watch = EarlyStopping(ev.higher_is_better(), ev.patience, ev.min_delta) if ev.metric else None
+        if ev.keep_best and self.launch["engine"] in SHARDED_ENGINES:
+            # The best weights are one file of the whole module; a sharded engine holds them in pieces.
+            raise ConfigError(f"eval.keep_best: not supported under {self.launch['engine']} (sharded weights); "
+                              "turn it off or train without FSDP/DeepSpeed")
 
     # -- one optimizer step -------------------------------------------------------------------
     def _micro_step(self, batch: dict[str, Any] | None, n_global: torch.Tensor, last: bool) -> torch.Tensor:
@@ -182,6 +191,7 @@ class Trainer:
             "sampler": p.sampler.state_dict() if p.sampler is not None else None,
             # A stream's read position (map-style data needs none: the order is a function of the step).
             "data_stream": p.plan.state_dict() if hasattr(p.plan, "state_dict") else None,
+            "early_stop": self.watch.state_dict() if self.watch is not None else None,
         }
 
     def save(self) -> Path:
@@ -189,13 +199,17 @@ class Trainer:
         if self.launch["engine"] in SHARDED_ENGINES:  # shards on every rank: accelerate's save_state
             return save_engine_checkpoint(acc, self.out, self.step, state=self._state(), keep_last=self.cfg.train.keep_last,
                                           config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
-        return save_checkpoint(
+        path = save_checkpoint(
             self.out, self.step, model=self._checkpointed(), optimizer=p.optimizer,
             scheduler=p.scheduler, extra_modules={"loss": p.loss_fn}, state=self._state(),
             config_yaml=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False),
             is_main=acc.is_main_process, rank=acc.process_index, keep_last=self.cfg.train.keep_last,
             barrier=acc.wait_for_everyone,
         )
+        if self.cfg.eval.keep_best and acc.is_main_process:
+            # Best files no kept checkpoint (nor the run now) refers to can go.
+            prune_best(self.out, referenced_steps(list_checkpoints(self.out)) | {self.watch.best_step})
+        return path
 
     def _resume(self, path: Path) -> None:
         p = self.parts
@@ -211,6 +225,8 @@ class Trainer:
             p.sampler.load_state_dict(state["sampler"])
         if hasattr(p.plan, "load_state_dict") and state.get("data_stream"):
             p.plan.load_state_dict(state["data_stream"])
+        if self.watch is not None and state.get("early_stop"):
+            self.watch.load_state_dict(state["early_stop"])
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}/{p.total_steps}")
 
@@ -245,16 +261,64 @@ class Trainer:
             last = self._loop(it, bar, kill_at)
         finally:  # an error is then printed on a clean line, with no stale bar redrawn after it
             bar.close()
-        final = {**last, **self.evaluate()}
+        # A run stopped early was evaluated at this very step.
+        results = self.last_eval[1] if self.last_eval[0] == self.step else self.evaluate()
+        if self.watch is not None and not self.watch.stopped:
+            self._watch(results, last_step=True)  # the last step is a candidate too
+        info = self._keep_best()
+        if info.pop("restored", False):
+            results = self.evaluate()  # the final metrics are the shipped weights'
+        final = {**last, **info, **results}
         self.save()
         self.finish(final)
         return final
+
+    def _watch(self, results: dict[str, float], last_step: bool = False) -> None:
+        """Early stopping / keep-best bookkeeping after an evaluation (``last_step``: the run's
+        final one, which may be the best but stops nothing)."""
+        if self.watch is None:
+            return
+        acc, name = self.acc, self.cfg.eval.metric
+        value = torch.tensor([float(results.get(name, float("nan")))], device=acc.device, dtype=torch.float64)
+        if acc.num_processes > 1:  # generation metrics exist on the main process only: all ranks decide alike
+            from accelerate.utils import broadcast
+
+            value = broadcast(value, from_process=0)
+        if math.isnan(float(value)) and name not in results and acc.is_main_process:
+            raise RuntimeError(f"eval.metric {name!r} was not measured; this evaluation gave {sorted(results)}")
+        if self.watch.update(float(value), self.step) and self.cfg.eval.keep_best and not last_step:
+            if acc.is_main_process:  # (the last step's weights are in memory: nothing to save)
+                save_best(self._checkpointed(), self.out, self.step)
+            acc.wait_for_everyone()
+        if last_step:
+            self.watch.stopped = False
+        elif self.watch.stopped:
+            self.log.info(f"early stop at step {self.step}: {name} did not improve by more than "
+                          f"{self.cfg.eval.min_delta} in {self.watch.bad_evals} evaluations "
+                          f"(best {self.watch.best:.6g} at step {self.watch.best_step})")
+
+    def _keep_best(self) -> dict[str, float]:
+        """With ``eval.keep_best``, load the best evaluation's weights back before the final
+        evaluation and save; returns what the final metrics record about the watch."""
+        w = self.watch
+        if w is None:
+            return {}
+        info: dict[str, Any] = {
+            "stopped_early": float(w.stopped), "best_step": float(-1 if w.best_step is None else w.best_step),
+            f"best_{self.cfg.eval.metric}": float("nan") if w.best is None else w.best,
+        }
+        if self.cfg.eval.keep_best and w.best_step is not None and w.best_step != self.step:
+            load_best(self._checkpointed(), self.out, w.best_step)
+            info["restored"] = True
+            self.log.info(f"keep_best: the final student is step {w.best_step}'s "
+                          f"({self.cfg.eval.metric} {w.best:.6g})")
+        return info
 
     def _loop(self, it: Any, bar: Any, kill_at: int) -> dict[str, float]:
         """Optimizer steps up to ``total_steps``; returns the last step's metrics."""
         p, cfg = self.parts, self.cfg
         last: dict[str, float] = {}
-        while self.step < p.total_steps:
+        while self.step < p.total_steps and not (self.watch is not None and self.watch.stopped):
             last = self._optimizer_step(self._next_micro_batches(it))
             self.step += 1
             bar.update(1)
@@ -275,7 +339,10 @@ class Trainer:
                     self.acc.process_index):
                 os.kill(os.getpid(), signal.SIGKILL)
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < p.total_steps:
-                self.log.metrics(self.step, self.evaluate())
+                results = self.evaluate()
+                self.last_eval = (self.step, results)
+                self.log.metrics(self.step, results)
+                self._watch(results)
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < p.total_steps:
                 self.save()
         return last
