@@ -3,7 +3,8 @@
 Writes into ``output_dir``::
 
     images/train_00000.png ...   white square images with 1-3 coloured shapes
-    train.json                   LLaVA records: multi-turn VQA (1-3 questions) or one caption turn
+    train.json                   LLaVA records: multi-turn VQA (1-3 questions, or ``questions``) or one
+                                 caption turn
     val.json                     the same kind of records for the validation images (loss hook)
     val_vqa.json                 VQA records: image, question, answers (10 copies), question_type
     val_caption.json             caption records: image, captions (4 phrasings)
@@ -41,11 +42,11 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _llava_record(name: str, image: str, objs: list, rng: random.Random) -> dict[str, Any]:
+def _llava_record(name: str, image: str, objs: list, rng: random.Random, questions: int = 0) -> dict[str, Any]:
     if rng.random() < CAPTION_FRACTION:
         turns = [("<image>\n" + CAPTION_PROMPT, captions(objs)[0])]
     else:
-        kinds = rng.sample(QUESTION_TYPES, rng.choice((1, 2, 3)))
+        kinds = rng.sample(QUESTION_TYPES, questions or rng.choice((1, 2, 3)))
         turns = [question(objs, k, rng) for k in kinds]
         turns[0] = ("<image>\n" + turns[0][0], turns[0][1])
     conv = []
@@ -54,7 +55,8 @@ def _llava_record(name: str, image: str, objs: list, rng: random.Random) -> dict
     return {"id": name, "image": image, "conversations": conv}
 
 
-def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, scenes: dict) -> list[tuple]:
+def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, scenes: dict,
+           questions: int = 0) -> list[tuple]:
     """Draw and save ``n`` images of ``split`` with their LLaVA records; returns ``[(name, relative
     path, objects, record)]``. Each record is drawn right after its image, so the first ``k`` items
     of a split are the same whatever ``n`` is: a smaller set is a prefix of a larger one (the demo's
@@ -66,23 +68,28 @@ def _split(out: Path, split: str, n: int, rng: random.Random, image_size: int, s
         rel = f"images/{name}.png"
         draw_scene(objs, image_size).save(out / rel, format="PNG", optimize=False)
         scenes[name] = scene_dict(objs)
-        items.append((name, rel, objs, _llava_record(name, rel, objs, rng)))
+        items.append((name, rel, objs, _llava_record(name, rel, objs, rng, questions)))
     return items
 
 
 def generate_synthetic(output_dir: str | Path, seed: int = 0, n_train: int = 1000, n_val: int = 100,
-                       image_size: int = 64) -> dict[str, Path]:
+                       image_size: int = 64, questions: int = 0) -> dict[str, Path]:
     """Write the set (see the module docstring); returns ``{"train", "val", "val_vqa",
     "val_caption", "scenes", "train_text", "val_text", "images"}`` -> paths (``*_text``: the same
-    questions with the scene described in words instead of shown). Deterministic in all arguments."""
-    if n_train < 1 or n_val < 0 or image_size < 16:
-        raise ValueError(f"need n_train >= 1, n_val >= 0, image_size >= 16; got {n_train}, {n_val}, {image_size}")
+    questions with the scene described in words instead of shown). Deterministic in all arguments.
+
+    ``questions``: question turns of every VQA record, each of another type (1-6; all six ask
+    everything the set can ask of an image, as multi-turn LLaVA sets do); 0: 1-3 at random. The
+    held-out ``val_vqa.json`` is the same whatever it is."""
+    if n_train < 1 or n_val < 0 or image_size < 16 or not 0 <= questions <= len(QUESTION_TYPES):
+        raise ValueError(f"need n_train >= 1, n_val >= 0, image_size >= 16, 0 <= questions <= "
+                         f"{len(QUESTION_TYPES)}; got {n_train}, {n_val}, {image_size}, {questions}")
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes: dict[str, Any] = {}
     # Separate streams per split: adding validation images never changes the training set.
     train_rng, val_rng = random.Random(f"taid-synthetic-{seed}-train"), random.Random(f"taid-synthetic-{seed}-val")
-    train_items = _split(out, "train", n_train, train_rng, image_size, scenes)
+    train_items = _split(out, "train", n_train, train_rng, image_size, scenes, questions)
     train = [it[3] for it in train_items]
     val_items = _split(out, "val", n_val, val_rng, image_size, scenes)
     val = [it[3] for it in val_items]
@@ -139,12 +146,14 @@ def main_make_synthetic(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=1000, help="training images")
     parser.add_argument("--n-val", type=int, default=100, help="validation images")
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels")
+    parser.add_argument("--questions", type=int, default=0,
+                        help="question turns per VQA training record, each of another type (0: 1-3 at random)")
     parser.add_argument("--tokenizer-vocab", type=int, default=512,
                         help="also train a BPE tokenizer on the set's text into DIR/tokenizer (0: don't)")
     args = parser.parse_args(argv)
     try:
         paths = generate_synthetic(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                                   image_size=args.image_size)
+                                   image_size=args.image_size, questions=args.questions)
     except ValueError as err:
         parser.error(str(err))
     if args.tokenizer_vocab:

@@ -26,7 +26,8 @@ def _log(msg: str) -> None:
 
 
 def make_set(out: Path, data: dict[str, Any], seed: int, tokenizer_vocab: int | None = None) -> dict[str, str]:
-    """Generate the synthetic set of ``data`` (``n_train``, ``n_val``, ``image_size``) into
+    """Generate the synthetic set of ``data`` (``n_train``, ``n_val``, ``image_size``, optional
+    ``questions``) into
     ``out / "data"`` unless a set of the same settings is there, and train a BPE tokenizer on its
     text into ``out / "tokenizer"`` when ``tokenizer_vocab`` is given. Returns the paths (see
     ``generate_synthetic``; ``tokenizer`` too when trained). A folder generated with other settings is
@@ -45,7 +46,8 @@ def make_set(out: Path, data: dict[str, Any], seed: int, tokenizer_vocab: int | 
     if not paths_file.is_file():
         _log(f"generating the synthetic set in {data_dir}")
         paths = {k: str(v) for k, v in generate_synthetic(data_dir, seed=seed, n_train=data["n_train"],
-                                                          n_val=data["n_val"], image_size=data["image_size"]).items()}
+                                                          n_val=data["n_val"], image_size=data["image_size"],
+                                                          questions=data.get("questions", 0)).items()}
         paths_file.write_text(json.dumps({**paths, "spec": spec}))
     paths = {k: v for k, v in json.loads(paths_file.read_text()).items() if k != "spec"}
     if tokenizer_vocab:
@@ -68,6 +70,8 @@ def stage_data(out: Path, preset: dict) -> dict[str, str]:
         raise ValueError(f"preset data {data}: the students' images must be a part of the teachers' set "
                          f"{TEACHER_DATA}")
     teacher = teacher_dir(preset["teacher"])
+    if "questions" in TEACHER_DATA:  # the students' records are a prefix of the teachers' only if asked alike
+        data = {**data, "questions": TEACHER_DATA["questions"]}
     paths = make_set(out, data, TEACHER_DATA["seed"])
     return {**paths, "tokenizer": str(teacher), "teacher": str(teacher), "tower": str(teacher_dir(preset["tower"]))}
 

@@ -144,3 +144,26 @@ def test_cli_entry(tmp_path, capsys):
     assert "val_vqa:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main_make_synthetic(["--output", str(tmp_path / "t"), "--n-train", "0"])
+
+
+def test_questions_asks_every_type_per_record_and_leaves_the_held_out_files_alone(synth, tmp_path):
+    from taid_vlm.data.synthetic_scenes import CAPTION_PROMPT, QUESTION_TYPES
+
+    out, _ = synth
+    dense = generate_synthetic(tmp_path / "d", seed=0, n_train=N_TRAIN, n_val=N_VAL, image_size=SIZE, questions=6)
+    recs = json.loads(dense["train"].read_text())
+    scenes = json.loads(dense["scenes"].read_text())
+    vqa = [r for r in recs if not r["conversations"][0]["value"].endswith(CAPTION_PROMPT)]
+    assert vqa and len(vqa) < len(recs)  # captions keep their share
+    openers = {"colour": "What colour", "shape": "What shape", "count": "How many", "position": "Where is",
+               "exists": "Is there ", "size": "Is the "}
+    for r in vqa:
+        asks = [t["value"].replace("<image>\n", "") for t in r["conversations"][::2]]
+        assert len(asks) == len(QUESTION_TYPES)
+        assert sorted(k for a in asks for k, o in openers.items() if a.startswith(o)) == sorted(QUESTION_TYPES)
+        answers = [t["value"] for t in r["conversations"][1::2]]
+        assert str(len(scenes[r["id"]])) in answers  # the count turn is right
+    for name in ("val.json", "val_vqa.json", "val_caption.json"):
+        assert (tmp_path / "d" / name).read_bytes() == (out / name).read_bytes()
+    with pytest.raises(ValueError, match="0 <= questions <= 6"):
+        generate_synthetic(tmp_path / "x", n_train=2, n_val=0, image_size=SIZE, questions=7)
