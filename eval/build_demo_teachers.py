@@ -4,6 +4,7 @@
     python eval/build_demo_teachers.py --teachers M     # one of them
     python eval/build_demo_teachers.py --train DATA.json [--image-root DIR] [--held-out-vqa VQA.json] \\
         --teachers M --dest teachers_on_my_set/         # the same recipe on another set
+    python eval/build_demo_teachers.py --recipe R.json --teachers M --dest candidates/   # another recipe
 
 Each teacher is trained by SFT with the model, steps and stopping rule of ``presets.TEACHERS`` and
 saved with its tokenizer (a BPE tokenizer trained here on the set's text: every teacher and student
@@ -26,6 +27,11 @@ validation split, the validation loss on them is measured every ``every`` steps,
 after ``patience`` evaluations without improvement, and the teacher that ships is the one of the
 best evaluation. A recipe without ``stop`` trains its ``max_steps`` on every training image.
 
+``--recipe R.json`` builds another recipe than the presets' (a candidate): a JSON object with
+``teachers`` (name -> ``model``, ``train``, optional ``stop``) and optionally ``data`` (the synthetic
+set's settings, as ``TEACHER_DATA``). Its ``build.json`` holds that spec, so a candidate chosen
+later ships as built once ``presets.py`` says the same.
+
 Rebuilding gives the same weights only on the same torch build and thread count (floating-point
 order); the demo checks the settings, not the bytes.
 """
@@ -43,7 +49,7 @@ from taid_vlm.demo.presets import PRESETS, TEACHER_DATA, TEACHERS
 from taid_vlm.demo.report import mean_by_type
 from taid_vlm.demo.run import make_set, stage_eval, stage_train, train_config
 from taid_vlm.demo.studies import provenance, study_parser
-from taid_vlm.demo.teachers import BUILD_FILE, SHIPPED, build_spec
+from taid_vlm.demo.teachers import BUILD_FILE, SHIPPED
 
 
 def carve_by_image(records: list[dict[str, Any]], n_images: int) -> tuple[list[dict], list[dict]]:
@@ -166,9 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", default=None, help="a LLaVA-format training file instead of the synthetic set")
     ap.add_argument("--image-root", default=None, help="folder the --train file's image paths are relative to")
     ap.add_argument("--held-out-vqa", default=None, help="VQA records to score the teachers on (with --train)")
+    ap.add_argument("--recipe", default=None, help="JSON: {teachers: {name: recipe}, data: {...}} instead of presets'")
     args = ap.parse_args(argv)
+    teachers, teacher_data = dict(TEACHERS), dict(TEACHER_DATA)
+    if args.recipe:
+        if not args.dest:
+            ap.error("--recipe: give --dest too (the package's teachers/ holds the presets' recipe)")
+        recipe = json.loads(Path(args.recipe).read_text())
+        teachers.update(recipe.get("teachers", {}))
+        teacher_data = recipe.get("data", teacher_data)
     names = [n for n in args.teachers.split(",") if n]
-    unknown = [n for n in names if n not in TEACHERS]
+    unknown = [n for n in names if n not in teachers]
     if unknown:
         ap.error(f"--teachers: unknown {unknown}; valid: {', '.join(TEACHERS)}")
     if args.train and not args.dest:
@@ -183,16 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--train: {train} is not a file")
         paths = custom_set(work, train, Path(args.image_root).resolve() if args.image_root else None)
     else:
-        data = {k: TEACHER_DATA[k] for k in ("n_train", "n_val", "image_size")}
-        paths = make_set(work, data, TEACHER_DATA["seed"], TEACHER_DATA["tokenizer_vocab"])
+        data = {k: v for k, v in teacher_data.items() if k not in ("seed", "tokenizer_vocab")}
+        paths = make_set(work, data, teacher_data["seed"], teacher_data["tokenizer_vocab"])
     preset = PRESETS["default"]
     for name in names:
-        spec = TEACHERS[name]
+        spec = teachers[name]
         run = work / f"teacher_{name}"
         run_paths, overrides, carved = stopping_overrides(work / f"split_{name}", paths, spec.get("stop", {}))
         if "image_root" in paths:
             overrides.setdefault("data", {})["image_root"] = paths["image_root"]
-        cfg = train_config(run, run_paths, spec["model"], spec["train"], "sft", TEACHER_DATA["seed"], None, overrides)
+        cfg = train_config(run, run_paths, spec["model"], spec["train"], "sft", teacher_data["seed"], None, overrides)
         seconds = stage_train(run, cfg, f"teacher {name}")
         watch = {**carved, **_watch(run)} if carved else {}
         if args.train:
@@ -204,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = stage_eval(run / "final", paths, preset, run / "eval.json")
             types = [r["question_type"] for r in json.loads(Path(paths["val_vqa"]).read_text())]
-            info = {"spec": build_spec(name), **provenance(argv, "eval/build_demo_teachers.py"),
+            spec_json = json.loads(json.dumps({"data": teacher_data, **spec}))
+            info = {"spec": spec_json, **provenance(argv, "eval/build_demo_teachers.py"),
                     "train_seconds": seconds, "params": res["params"],
                     "scores": {"vqa_accuracy": res["vqa"]["vqa_accuracy"], "nll": res["nll"]["nll"],
                                "cider": res["caption"]["CIDEr"] * 100,

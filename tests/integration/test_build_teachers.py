@@ -63,3 +63,28 @@ def test_train_without_dest_is_refused(build, capsys):
     with pytest.raises(SystemExit):
         build.main(["--train", "x.json"])
     assert "give --dest too" in capsys.readouterr().err
+
+
+def test_a_candidate_recipe_builds_on_its_own_synthetic_set_with_its_spec_on_record(tmp_path, build, one_thread):
+    data = {"seed": 1, "n_train": 48, "n_val": 20, "image_size": 32, "tokenizer_vocab": 320, "questions": 6}
+    recipe = {"data": data, "teachers": {"S": {"model": _conv(8, 1, 32, 1, 32),
+                                               "train": {"max_steps": 4, "batch_size": 8, "lr": 2e-3, "warmup_steps": 0},
+                                               "stop": {"carve": 8, "every": 2, "patience": 3}}}}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    dest = tmp_path / "cand"
+    assert build.main(["--recipe", str(tmp_path / "r.json"), "--teachers", "S", "--dest", str(dest),
+                       "--work", str(tmp_path / "work")]) == 0
+    info = json.loads((dest / "S" / "build.json").read_text())
+    assert info["spec"] == {"data": data, **recipe["teachers"]["S"]}
+    assert info["command"].startswith("python eval/build_demo_teachers.py --recipe")
+    # The synthetic set's held-out questions (all 20), by type; the carve came out of its training split.
+    assert info["scores"]["held_out_questions"] == 20 and len(info["scores"]["vqa_by_type"]) == 6
+    assert info["stopping"]["carved_images"] == 8 and info["stopping"]["val_curve"][0]["step"] == 2
+    fit = json.loads((tmp_path / "work" / "split_S" / "carved" / "fit.json").read_text())
+    assert len({r["image"] for r in fit}) == 40 and all(len(r["conversations"]) in (2, 12) for r in fit)
+
+
+def test_a_recipe_never_overwrites_the_shipped_teachers(build, capsys):
+    with pytest.raises(SystemExit):
+        build.main(["--recipe", "r.json"])
+    assert "--recipe: give --dest too" in capsys.readouterr().err
