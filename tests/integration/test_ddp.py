@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,3 +48,28 @@ def test_two_process_run_matches_single_process(tmp_path, run_env, extra):
         assert rb["tokens"] == ra["tokens"]
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
         assert rb["taid_t"] == pytest.approx(ra["taid_t"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_stop_early_together_on_a_main_process_metric(tmp_path, run_env):
+    """Generation metrics exist on the main process only; the stop decision is broadcast, so both
+    ranks stop at the same step (a rank that went on would hang in its next collective)."""
+    from taid_vlm.train.early_stop import EarlyStopping
+
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    cfg = write_config(tmp_path / "c.yaml", run_env, loss="sft", max_steps=8, batch_size=2, lr=1e-2)
+    watch = ["eval.metric=eval_vqa_exact_match", "eval.every=1", "eval.patience=2", "eval.keep_best=true",
+             f"eval.vqa={run_env['val_vqa']}", "eval.max_samples=4", "eval.max_new_tokens=2"]
+    proc = subprocess.run(
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29519",
+         "-m", "taid_vlm.cli", "train", str(cfg), *watch],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_jsonl(tmp_path / "out" / "logs" / "train.jsonl")
+    evals = [(r["step"], r["eval_vqa_exact_match"]) for r in log if "eval_vqa_exact_match" in r]
+    replay = EarlyStopping(higher_is_better=True, patience=2)
+    stop = next((s for s, v in evals if (replay.update(v, s), replay.stopped)[1]), 8)
+    assert max(r["step"] for r in log) == stop < 8
+    metrics = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())["metrics"]
+    assert metrics["stopped_early"] == 1.0 and metrics["best_step"] == replay.best_step
